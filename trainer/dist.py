@@ -1,0 +1,141 @@
+"""Process-group setup from whichever launcher started us, and a gather that carries gradients.
+
+Reads, in order: torchrun / the deepspeed launcher (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT),
+then Slurm's srun (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS, head node from SLURM_JOB_NODELIST).
+With none of them set this is one process: no process group, and every collective is the identity.
+Shard and seed by `global_rank`; pick the device by `local_rank` (STYLE.md, principle 10).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    global_rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.global_rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    """Head node of a Slurm node list: `scontrol show hostnames`, or a parse of `a[01-04],b` forms."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.split()[0]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    m = re.match(r"([^,\[]+)(?:\[(\d+))?", nodelist)
+    return m.group(1) + (m.group(2) or "") if m else "127.0.0.1"
+
+
+def _env_from_slurm() -> None:
+    """Translate srun's variables into the torchrun ones (only where torchrun's are absent)."""
+    env = os.environ
+    if "RANK" in env or "SLURM_PROCID" not in env or "SLURM_NTASKS" not in env:
+        return
+    env["RANK"] = env["SLURM_PROCID"]
+    env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    tasks_per_node = env.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
+    if tasks_per_node.isdigit():
+        env["LOCAL_WORLD_SIZE"] = tasks_per_node
+    env.setdefault("MASTER_ADDR", _first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")))
+    # a port derived from the job id, so two jobs sharing a node do not collide
+    env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+
+
+def init_distributed(timeout_s: int = 600) -> DistContext:
+    """Join the process group the launcher describes (gloo on CPU, NCCL on GPU) and pick the device."""
+    _env_from_slurm()
+    env = os.environ
+    world_size = int(env.get("WORLD_SIZE", "1"))
+    global_rank = int(env.get("RANK", "0"))
+    local_rank = int(env.get("LOCAL_RANK", "0"))
+    local_world_size = int(env.get("LOCAL_WORLD_SIZE", str(min(world_size, max(torch.cuda.device_count(), 1)))))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            init_method="env://",
+            rank=global_rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=timeout_s),
+            device_id=device if device.type == "cuda" else None,
+        )
+    return DistContext(global_rank, local_rank, world_size, local_world_size, device)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sends each rank the summed gradient of its own slice.
+
+    Rank q's loss depends on every rank's rows; the gradient of the sum of all ranks' losses with
+    respect to rank r's rows is the sum over q of slice r of q's gradient: all_reduce, then slice.
+    DDP then averages parameter gradients, which matches one process on the concatenated batch
+    whose loss is the mean over all rows.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.n = x.shape[0]
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = dist.get_rank() * ctx.n
+        return grad[start : start + ctx.n]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """[n, ...] on each of W ranks -> [W*n, ...] in rank order, differentiable; identity in one process."""
+    if world_size() == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """[n, ...] -> [W*n, ...] without gradient (features for kNN banks, metrics)."""
+    if world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, dim=0)

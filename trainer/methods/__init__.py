@@ -1,0 +1,3 @@
+"""The method registry: every method the trainer can run, by config name (`method.name`)."""
+
+METHODS: dict[str, type] = {}
