@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
-SourceImage = Union[np.ndarray, Path]
-Reader = Callable[[int], "tuple[SourceImage, int | None]"]
+SourceImage = np.ndarray | Path
+Reader = Callable[[int], tuple[SourceImage, int | None]]
 
 
 class PrepError(ValueError):

@@ -24,7 +24,7 @@ SPLIT_FILES = {"train": ("train_X.bin", "train_y.bin"), "test": ("test_X.bin", "
                "unlabeled": ("unlabeled_X.bin", None)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _images(path: str) -> np.memmap:
     """Opened once per process; (N, 3, W, H) view of the file."""
     return np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, 3, SIDE, SIDE)

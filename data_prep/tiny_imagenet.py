@@ -76,8 +76,7 @@ def _val(root: Path, label_of: dict[str, int]) -> tuple[list[Path], list[int]]:
             raise PrepError(f"{annotations}:{lineno}: names {images / name}, which is missing")
         paths.append(images / name)
         labels.append(label_of[wnid])
-    order = sorted(range(len(paths)), key=lambda i: paths[i].name)  # source order independent of the file's
-    return [paths[i] for i in order], [labels[i] for i in order]
+    return paths, labels
 
 
 def _test(root: Path, label_of: dict[str, int]) -> tuple[list[Path], None]:

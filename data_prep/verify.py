@@ -1,0 +1,134 @@
+"""Re-read every shard of a dataset folder and check it against its manifest.
+
+Checks per shard: sha256, the DALI index matches the tar, sample count, each sample has exactly
+one image (jpg/png) that PIL fully decodes, `cls` present iff the split is labeled and in range,
+keys unique within the split. Uses plain `tarfile` (not the writer's library). On success the
+manifest gains `"verified": true`, which the DALI loader requires; on failure that field is removed.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from data_prep.manifest import load_manifest, write_manifest
+from data_prep.wds_index import index_text
+from data_prep.writer import sha256_file
+
+IMAGE_EXTS = ("jpg", "png")
+
+
+@dataclass(frozen=True)
+class Problem:
+    shard: str
+    key: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.shard}" + (f" [{self.key}]" if self.key else "") + f": {self.message}"
+
+
+@dataclass
+class VerifyReport:
+    out_dir: Path
+    num_samples: int = 0
+    num_shards: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_dataset(out_dir: str | Path, workers: int = os.cpu_count() or 1) -> VerifyReport:
+    """Check every shard listed in `out_dir/manifest.json`; mark the manifest verified if all pass."""
+    out_dir = Path(out_dir)
+    manifest = load_manifest(out_dir)
+    report = VerifyReport(out_dir)
+    jobs = [(out_dir, shard, entry["labeled"], len(manifest["classes"]))
+            for entry in manifest["splits"].values() for shard in entry["shards"]]
+    if workers > 1 and len(jobs) > 1:
+        with multiprocessing.get_context().Pool(min(workers, len(jobs))) as pool:
+            results = pool.starmap(_check_shard, jobs)
+    else:
+        results = [_check_shard(*job) for job in jobs]
+    shard_results = iter(results)
+    for split, entry in manifest["splits"].items():
+        seen: set[str] = set()
+        for shard in entry["shards"]:
+            keys, problems = next(shard_results)
+            report.problems += problems
+            report.problems += [Problem(shard["file"], k, f"key repeated in split {split!r}")
+                                for k in keys if k in seen]
+            seen.update(keys)
+            report.num_samples += len(keys)
+            report.num_shards += 1
+        if len(seen) != entry["num_samples"]:
+            report.problems.append(Problem(f"split {split}", None,
+                                           f"{len(seen)} samples, manifest says {entry['num_samples']}"))
+    if report.ok:
+        manifest["verified"] = True
+        write_manifest(out_dir, manifest)
+    elif manifest.pop("verified", None) is not None:
+        write_manifest(out_dir, manifest)
+    return report
+
+
+def _check_shard(out_dir: Path, shard: dict, labeled: bool, num_classes: int) -> tuple[list[str], list[Problem]]:
+    """Returns the shard's sample keys and its problems."""
+    name = shard["file"]
+    path = out_dir / name
+    if not path.is_file():
+        return [], [Problem(name, None, "missing file")]
+    problems = []
+    if sha256_file(path) != shard["sha256"]:
+        problems.append(Problem(name, None, "sha256 differs from the manifest (file changed or corrupt)"))
+    try:
+        samples = _read_samples(path)
+    except (tarfile.TarError, OSError, ValueError) as err:
+        return [], problems + [Problem(name, None, f"not a readable tar ({err})")]
+    index = out_dir / shard["index"]
+    if not index.is_file() or index.read_text() != index_text(path):
+        problems.append(Problem(name, None, f"DALI index {shard['index']} missing or out of date"))
+    if len(samples) != shard["num_samples"]:
+        problems.append(Problem(name, None, f"{len(samples)} samples, manifest says {shard['num_samples']}"))
+    for key, fields in samples.items():
+        problems += [Problem(name, key, m) for m in _sample_problems(fields, labeled, num_classes)]
+    return list(samples), problems
+
+
+def _read_samples(path: Path) -> dict[str, dict[str, bytes]]:
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            key, _, ext = member.name.partition(".")
+            samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return samples
+
+
+def _sample_problems(fields: dict[str, bytes], labeled: bool, num_classes: int) -> list[str]:
+    problems = []
+    images = [ext for ext in fields if ext in IMAGE_EXTS]
+    if len(images) != 1:
+        problems.append(f"expected one image field of {IMAGE_EXTS}, found {sorted(fields)}")
+    for ext in images:
+        try:
+            with Image.open(io.BytesIO(fields[ext])) as image:
+                image.load()
+        except (OSError, SyntaxError, ValueError) as err:
+            problems.append(f"{ext} does not decode ({err})")
+    if labeled != ("cls" in fields):
+        problems.append("missing cls in a labeled split" if labeled else "cls in an unlabeled split")
+    elif labeled:
+        text = fields["cls"].decode("ascii", "replace")
+        if not text.isdigit() or int(text) >= num_classes:
+            problems.append(f"cls {text!r} is not a label in 0..{num_classes - 1}")
+    return problems
