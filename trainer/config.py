@@ -43,7 +43,7 @@ class AugConfig:
     jitter_strength: float = 1.0  # multiplies colour jitter (0.4, 0.4, 0.4, 0.1)
     jitter_prob: float = 0.8
     gray_prob: float = 0.2
-    blur: str = "auto"  # auto | on | off; auto turns blur off for images of 32 px or less (SimCLR)
+    blur: str = "auto"  # auto | always | never; auto turns blur off for images of 32 px or less (SimCLR)
     local_crops: int = 0  # multi-crop: extra small views
     local_size: int = 0  # px; 0 means image_size * 96 / 224, rounded
     local_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])
@@ -122,7 +122,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.backend": ("torch", "dali"),
     "data.on_corrupt": ("skip", "fail"),
-    "aug.blur": ("auto", "on", "off"),
+    "aug.blur": ("auto", "always", "never"),
     "model.backbone": ("resnet18", "resnet50", "mobilenet_v2"),
     "optim.name": ("lars", "sgd", "adamw"),
     "engine.name": ("ddp", "deepspeed"),

@@ -1,0 +1,197 @@
+"""Input-pipeline throughput: two-view SimCLR batches per second, our backends vs a plain baseline.
+
+    python benchmarks/loader_throughput.py [--images 3000] [--sizes 96 64] [--batch 64] [--workers 2]
+
+Makes a synthetic dataset of JPEGs (STL-10-like, 96 px), written both as shards (our loader) and as
+an ImageFolder tree (the baseline a user would otherwise write: torchvision ImageFolder + PIL
+transforms in DataLoader workers). Each row times `--batches` batches after `--warmup` batches; the
+DALI row runs on the GPU when there is one, else the same graph on the CPU. Prints a table and writes
+benchmarks/results/loader_<device>_<date>.json with the rows and ratio_vs_baseline per size (best of
+our backends over the baseline, same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from data_prep.manifest import write_manifest
+from data_prep.wds_index import write_index
+from trainer.config import DataConfig
+from trainer.data import build_loader
+from trainer.data.params import blur_kernel_size
+from trainer.data.views import ViewSpec
+from trainer.dist import DistContext
+
+SOURCE_PX = 96
+CLASSES = 10
+
+
+def synthetic_images(n: int, seed: int = 0):
+    """Smooth random colour fields with noise: JPEG sizes close to natural 96 px photos."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        low = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        image = Image.fromarray(low).resize((SOURCE_PX, SOURCE_PX), Image.BICUBIC)
+        pixels = np.asarray(image, dtype=np.int16) + rng.integers(-20, 21, (SOURCE_PX, SOURCE_PX, 3))
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+        yield buffer.getvalue(), i % CLASSES
+
+
+def make_dataset(root: Path, n: int, per_shard: int = 1000) -> tuple[Path, Path]:
+    """-> (shard folder with manifest, ImageFolder root) holding the same JPEG bytes."""
+    shards_dir, folder = root / "shards", root / "folder"
+    shards_dir.mkdir(parents=True)
+    for c in range(CLASSES):
+        (folder / str(c)).mkdir(parents=True)
+    entries, writer, count = [], None, 0
+    for i, (data, label) in enumerate(synthetic_images(n)):
+        if i % per_shard == 0:
+            if writer:
+                writer.close()
+            tar = shards_dir / f"train-{len(entries):06d}.tar"
+            writer, count = wds.TarWriter(str(tar)), 0
+            entries.append({"file": tar.name, "index": tar.stem + ".idx", "num_samples": 0})
+        writer.write({"__key__": f"s{i:06d}", "jpg": data, "cls": str(label)})
+        entries[-1]["num_samples"] = count = count + 1
+        (folder / str(label) / f"s{i:06d}.jpg").write_bytes(data)
+    writer.close()
+    for entry in entries:
+        tar = shards_dir / entry["file"]
+        write_index(tar)
+        entry["sha256"] = hashlib.sha256(tar.read_bytes()).hexdigest()
+    write_manifest(shards_dir, {
+        "dataset": "synthetic", "classes": [str(c) for c in range(CLASSES)],
+        "class_names": {str(c): str(c) for c in range(CLASSES)},
+        "splits": {"train": {"num_samples": n, "labeled": True, "shards": entries}},
+        "image_size": [SOURCE_PX, SOURCE_PX], "format": "jpg", "source": {"format": "synthetic"},
+        "verified": True})  # generated here from PIL-encoded bytes
+    return shards_dir, folder
+
+
+def simclr_view(size: int) -> ViewSpec:
+    return ViewSpec(size=size, blur_prob=0.5)  # SimCLR defaults; blur on above 32 px
+
+
+class TwoViews:
+    """The baseline's transform: what a user writes with torchvision's classic PIL transforms."""
+
+    def __init__(self, spec: ViewSpec):
+        b, c, s, h = spec.jitter
+        self.transform = transforms.Compose([
+            transforms.RandomResizedCrop(spec.size, scale=spec.scale, ratio=spec.ratio),
+            transforms.RandomHorizontalFlip(spec.flip_prob),
+            transforms.RandomApply([transforms.ColorJitter(b, c, s, h)], p=spec.jitter_prob),
+            transforms.RandomGrayscale(spec.gray_prob),
+            transforms.RandomApply([transforms.GaussianBlur(blur_kernel_size(spec.size), spec.blur_sigma)],
+                                   p=spec.blur_prob),
+            transforms.ToTensor(),
+            transforms.Normalize(DataConfig().mean, DataConfig().std),
+        ])
+
+    def __call__(self, image):
+        return self.transform(image), self.transform(image)
+
+
+def baseline_batches(folder: Path, spec: ViewSpec, batch: int, workers: int, device: torch.device):
+    dataset = datasets.ImageFolder(str(folder), transform=TwoViews(spec))
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    while True:
+        for (v1, v2), labels in loader:
+            yield v1.to(device, non_blocking=True), v2.to(device, non_blocking=True), labels
+
+
+def our_batches(shards: Path, backend: str, spec: ViewSpec, batch: int, workers: int, device: torch.device):
+    data = DataConfig(shards=str(shards), backend=backend, workers=workers)
+    loader = build_loader(data, [spec, spec], DistContext(device=device), batch, seed=0)
+    epoch = 0
+    while True:
+        for b in loader.epoch(epoch):
+            yield b.views[0], b.views[1], b.labels
+        epoch += 1
+
+
+def measure(batches, batch: int, warmup: int, timed: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        next(batches)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(timed):
+        views = next(batches)
+    if device.type == "cuda":
+        views[0].sum().item()  # the last batch has really arrived
+    return timed * batch / (time.perf_counter() - start)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device).lower().replace("nvidia ", "").replace(" ", "-")
+    return f"cpu-{len(os.sched_getaffinity(0))}core"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=3000, help="synthetic dataset size")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[96, 64], help="view sizes (px)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers / DALI threads, all rows")
+    parser.add_argument("--warmup", type=int, default=5, help="batches before timing")
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per row")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        shards, folder = make_dataset(Path(tmp), args.images)
+        for size in args.sizes:
+            spec = simclr_view(size)
+            impls = {
+                f"dali-{device.type}": our_batches(shards, "dali", spec, args.batch, args.workers, device),
+                "torch": our_batches(shards, "torch", spec, args.batch, args.workers, device),
+                "baseline-imagefolder-pil": baseline_batches(folder, spec, args.batch, args.workers, device),
+            }
+            for impl, batches in impls.items():
+                rate = measure(batches, args.batch, args.warmup, args.batches, device)
+                batches.close()  # stop its workers before the next row is timed
+                rows.append({"impl": impl, "size": size, "batch": args.batch, "img_per_s": round(rate, 1)})
+                print(f"{impl:>26} {size:>4}px batch {args.batch:>4}: {rate:8.1f} img/s", flush=True)
+
+    ratios = {}
+    for size in args.sizes:
+        by_impl = {r["impl"]: r["img_per_s"] for r in rows if r["size"] == size}
+        baseline = by_impl.pop("baseline-imagefolder-pil")
+        ratios[str(size)] = round(max(by_impl.values()) / baseline, 2)
+    name = device_name(device)
+    print(f"\n{'impl':>26} {'size':>5} {'batch':>6} {'img/s':>9}")
+    for r in rows:
+        print(f"{r['impl']:>26} {r['size']:>5} {r['batch']:>6} {r['img_per_s']:>9.1f}")
+    print(f"best backend / baseline: {ratios}  ({name}, {args.images} images, {args.workers} workers)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {"bench": "loader_throughput", "device": name, "date": datetime.date.today().isoformat(),
+              "torch": torch.__version__, "images": args.images, "workers": args.workers,
+              "views": 2, "rows": rows, "ratio_vs_baseline": ratios}
+    path = args.out / f"loader_{name}_{result['date']}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from trainer.data.show import main
+
+sys.exit(main())
