@@ -32,6 +32,16 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+## on a lent GPU machine (a python with torch >= 2.11 and CUDA; the project installed with --no-deps):
+## the gpu-marked tests, then the loss and step benchmarks, JSON written to benchmarks/results/
+GPU_PY ?= python3
+gpu-check:
+	$(GPU_PY) -m pytest -q -ra -m gpu tests
+	$(GPU_PY) -m benchmarks.loss
+	$(GPU_PY) -m benchmarks.loss --matmul-precision high --out-dir benchmarks/results/tf32
+	$(GPU_PY) -m benchmarks.step --models resnet18@96 --batch-size 256 --precision fp32,bf16 --compile off,on
+	$(GPU_PY) -m benchmarks.step --models resnet50@224 --batch-size 128 --precision bf16 --compile off,on
+
 slurm-deps:
 	bash launch/slurm/install_test_slurm.sh
 

@@ -1,0 +1,148 @@
+"""What every benchmark shares: device naming, timing, peak memory, the table and the JSON file.
+
+Results go to `benchmarks/results/<bench>_<device>_<YYYY-MM-DD>.json`:
+{"bench", "device", "date", "torch", "meta": {...}, "rows": [{"impl", ..., "status", ...}]}.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import gc
+import json
+import os
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device visible")
+    return torch.device(name)
+
+
+def device_label(device: torch.device) -> str:
+    """`cpu-2core` or the GPU's name as a slug, e.g. `nvidia-h100-80gb-hbm3`."""
+    if device.type == "cuda":
+        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+    return f"cpu-{len(os.sched_getaffinity(0))}core"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn, device: torch.device, repeats: int, warmup: int = 1) -> list[float]:
+    """Wall time of `fn()` in ms, `repeats` times after `warmup` untimed calls (device synchronized)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def summary(times_ms: list[float]) -> dict:
+    return {
+        "ms_median": round(statistics.median(times_ms), 3),
+        "ms_min": round(min(times_ms), 3),
+        "repeats": len(times_ms),
+    }
+
+
+def _proc_status_mb(field: str) -> float:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1)) / 1024
+
+
+class PeakMemory:
+    """Peak memory allocated inside the `with` block, above what was allocated on entry, in MiB.
+
+    CUDA: torch.cuda.max_memory_allocated (the caching allocator's own count of live tensors).
+    CPU: growth of the process's peak resident set (Linux VmHWM, reset on entry by writing 5 to
+    /proc/self/clear_refs, after malloc_trim hands freed heap back). glibc's mmap threshold is pinned
+    at 128 KiB (it otherwise grows to 32 MiB and recycles freed tensors without the RSS moving), so
+    this tracks live tensor bytes plus allocator slack; memory never written is not counted.
+    """
+
+    METHOD: ClassVar[dict[str, str]] = {
+        "cuda": "torch.cuda.max_memory_allocated",
+        "cpu": "Linux VmHWM growth (peak RSS, reset via clear_refs)",
+    }
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_mb = float("nan")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device) / 2**20
+        else:
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD, fixed: no dynamic growth
+            gc.collect()
+            libc.malloc_trim(0)
+            Path("/proc/self/clear_refs").write_text("5")
+            self.base = _proc_status_mb("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            peak = _proc_status_mb("VmHWM")
+        self.peak_mb = round(peak - self.base, 1)
+        return False
+
+
+def free_memory_mb(device: torch.device) -> float:
+    """Memory a new allocation could still get: free GPU memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 2**20
+    text = Path("/proc/meminfo").read_text()
+    return int(re.search(r"^MemAvailable:\s+(\d+) kB", text, re.MULTILINE).group(1)) / 1024
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def write_results(
+    bench: str, device: torch.device, meta: dict, rows: list[dict], out_dir: Path = RESULTS
+) -> Path:
+    date = datetime.date.today().isoformat()
+    label = device_label(device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{bench}_{label}_{date}.json"
+    doc = {
+        "bench": bench,
+        "device": label,
+        "date": date,
+        "torch": torch.__version__,
+        "meta": meta,
+        "rows": rows,
+    }
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {path}")
+    return path

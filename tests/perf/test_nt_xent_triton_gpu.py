@@ -1,0 +1,128 @@
+"""The Triton NT-Xent kernel on a GPU against `fused_ce_torch` run in float64 on the same inputs.
+
+Sizes are those of real batches (2N up to 131072 embeddings), with the autotuned tiles, in fp32
+(3xTF32 and TF32) and bf16/fp16, and the memory bound that is the point of the kernel.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.losses.nt_xent import fused_ce_torch, nt_xent_loss
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.fixture
+def matmul_precision():
+    """Restore torch's float32 matmul precision after a test changes it."""
+    before = torch.get_float32_matmul_precision()
+    yield torch.set_float32_matmul_precision
+    torch.set_float32_matmul_precision(before)
+
+
+def simclr_inputs(n, d, dtype, seed=0):
+    """Both views of n images stacked [2n, d]; row i's positive is its other view, self is i."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    z = F.normalize(torch.randn(2 * n, d, device="cuda", generator=gen), dim=1).to(dtype)
+    rows = torch.arange(2 * n, device="cuda")
+    return z, (rows + n) % (2 * n), rows
+
+
+def run(fn, q, k, pos, self_idx, inv_temp, g):
+    """loss [M] and the gradients of sum(g * loss) w.r.t. q and k (k may be q itself)."""
+    q = q.detach().clone().requires_grad_()
+    k = q if k is None else k.detach().clone().requires_grad_()
+    loss = fn(q, k, pos, self_idx, inv_temp)
+    (loss * g).sum().backward()
+    return loss.detach().double(), q.grad.double(), (None if k is q else k.grad.double())
+
+
+def assert_matches_float64(q, k, pos, self_idx, inv_temp, loss_tol, grad_tol):
+    from trainer.losses.nt_xent_triton import fused_ce_triton
+
+    g = torch.randn(q.shape[0], device="cuda")
+    got = run(fused_ce_triton, q, k, pos, self_idx, inv_temp, g)
+    want = run(
+        fused_ce_torch, q.double(), None if k is None else k.double(), pos, self_idx, inv_temp, g.double()
+    )
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=loss_tol)
+    for name, mine, ref in zip(("dq", "dk"), got[1:], want[1:]):
+        if ref is not None:
+            err = ((mine - ref).abs().max() / ref.abs().max()).item()
+            assert err < grad_tol, f"{name}: max error {err:.2e} of max |grad| (tolerance {grad_tol:.0e})"
+
+
+@pytest.mark.parametrize("d", [64, 96, 128, 256])
+def test_fp32_highest_precision_matches(d, matmul_precision):
+    matmul_precision("highest")
+    z, pos, self_idx = simclr_inputs(2048, d, torch.float32)
+    assert_matches_float64(z, None, pos, self_idx, 10.0, loss_tol=1e-4, grad_tol=1e-4)
+
+
+def test_fp32_tf32_matches_loosely(matmul_precision):
+    matmul_precision("high")
+    z, pos, self_idx = simclr_inputs(4096, 128, torch.float32)
+    # TF32 rounds each operand to 10 mantissa bits: logits |s| <= 10 carry ~1e-2 absolute error
+    assert_matches_float64(z, None, pos, self_idx, 10.0, loss_tol=5e-2, grad_tol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_match(dtype):
+    z, pos, self_idx = simclr_inputs(4096, 128, dtype)
+    # fp32 accumulation keeps the loss close; dlogits are rounded to 16 bits before the backward matmuls
+    assert_matches_float64(z, None, pos, self_idx, 10.0, loss_tol=2e-3, grad_tol=2e-2)
+
+
+def test_local_rows_against_gathered_keys(matmul_precision):
+    """One rank (rank 2 of 4) of a gathered batch: q is its 2n rows, k all 2N rows, M != K."""
+    matmul_precision("highest")
+    n, world, rank = 1000, 4, 2
+    k, _, _ = simclr_inputs(n * world, 128, torch.float32, seed=1)
+    local = torch.arange(2 * n, device="cuda")
+    self_idx = local + 2 * n * rank
+    pos = (self_idx + n * world) % (2 * n * world)
+    q = k[self_idx].clone()
+    assert_matches_float64(q, k, pos, self_idx, 5.0, loss_tol=1e-4, grad_tol=1e-4)
+
+
+def test_backward_is_deterministic():
+    from trainer.losses.nt_xent_triton import fused_ce_triton
+
+    z, pos, self_idx = simclr_inputs(4096, 128, torch.bfloat16)
+    g = torch.randn(z.shape[0], device="cuda")
+    first, second = (run(fused_ce_triton, z, None, pos, self_idx, 10.0, g) for _ in range(2))
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_peak_memory_at_65536_images_is_linear():
+    """2N = 131072 rows: the plain [2N, 2N] fp32 logits alone would take 64 GiB."""
+    from trainer.losses.nt_xent_triton import fused_ce_triton
+
+    z, pos, self_idx = simclr_inputs(65536, 128, torch.float32)
+    z.requires_grad_()
+    fused_ce_triton(z, z, pos, self_idx, 10.0)  # autotune outside the measured step
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    loss = fused_ce_triton(z, z, pos, self_idx, 10.0).mean()
+    loss.backward()
+    torch.cuda.synchronize()
+    peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+    assert peak_mb < 1024, f"peak {peak_mb:.0f} MiB above the inputs"
+
+
+def test_nt_xent_loss_on_cuda_matches_cpu_float64():
+    """The dispatch in nt_xent_loss: CUDA takes the Triton kernel, the CPU the PyTorch one."""
+    from trainer.losses import nt_xent
+
+    assert nt_xent._fused_ce_triton() is not None, "Triton kernel failed to import"
+    gen = torch.Generator().manual_seed(3)
+    z_a, z_b = torch.randn(2, 512, 128, generator=gen)
+    got = nt_xent_loss(z_a.cuda(), z_b.cuda(), 0.2)
+    want = nt_xent_loss(z_a.double(), z_b.double(), 0.2)
+    torch.testing.assert_close(got.double().cpu(), want, rtol=0, atol=1e-4)
