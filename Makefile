@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-SHARDS  ?= shards/digits
+SHARDS  ?= shards
 RUN     ?= demo_digits_simclr
 
 .PHONY: demo test test-fast lint slurm-deps gpu-check clean

@@ -39,7 +39,19 @@ def collapse_metrics(z: torch.Tensor) -> dict[str, torch.Tensor]:
     (Roy & Vetterli 2007), between 1 and min(B, d).
     """
     zn = F.normalize(z.detach().float(), dim=1)
+    zn = torch.where(torch.isfinite(zn), zn, 0.0)  # a NaN step must reach the loop's policy, not crash the SVD
     s = torch.linalg.svdvals(zn - zn.mean(0))
     p = s / s.sum().clamp_min(1e-12)
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
     return {"z_std": zn.std(0).mean(), "z_rank": entropy.exp()}
+
+
+def view_pairs(num_views: int) -> list[tuple[int, int]]:
+    """The view pairs a two-view loss compares: the two global views (0, 1), then, under multi-crop,
+    each local view (2, 3, ...) with each global view. Methods average their loss over these pairs."""
+    return [(0, 1)] + [(v, g) for v in range(2, num_views) for g in (0, 1)]
+
+
+def trainable_groups(**modules: torch.nn.Module) -> list[dict]:
+    """One optimizer group per named module, holding its trainable parameters (for `parameter_groups`)."""
+    return [{"name": name, "params": [p for p in m.parameters() if p.requires_grad]} for name, m in modules.items()]

@@ -1,0 +1,45 @@
+"""Tiny methods for tests: ResNet-18 at width 8 with the small stem, 32-wide heads."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn as nn
+
+from trainer.config import load_config
+from trainer.data.views import Batch, ViewSpec
+from trainer.methods import METHODS
+
+
+def tiny_method(name: str, *, image_size: int = 16, local_crops: int = 1, width: int = 8, head_dim: int = 32):
+    """(method, its views) built from the typed config with every `*_dim` head size set to head_dim."""
+    cfg = load_config(
+        overrides=[
+            f"method.name={name}",
+            f"model.width={width}",
+            "model.small_stem=true",
+            f"data.image_size={image_size}",
+            f"aug.local_crops={local_crops}",
+        ]
+    )
+    dims = {f.name: head_dim for f in dataclasses.fields(cfg.method) if f.name.endswith("_dim")}
+    method_cfg = dataclasses.replace(cfg.method, **dims)
+    cls = METHODS[name]
+    return cls(method_cfg, cfg.model), cls.views(method_cfg, cfg.data, cfg.aug)
+
+
+def random_batch(views: list[ViewSpec], n: int, seed: int = 0, dtype=torch.float32) -> Batch:
+    gen = torch.Generator().manual_seed(seed)
+    return Batch([torch.randn(n, 3, v.size, v.size, generator=gen, dtype=dtype) for v in views])
+
+
+def without_batchnorm(module: nn.Module) -> nn.Module:
+    """Every BatchNorm replaced by Identity, in place: per-sample networks, so a batch split over
+    ranks computes exactly what the whole batch does in one process."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, nn.Identity())
+        else:
+            without_batchnorm(child)
+    return module

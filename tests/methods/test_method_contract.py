@@ -1,0 +1,123 @@
+"""Every registered method meets the contract of trainer/methods/base.py and learns on a tiny batch."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from method_helpers import random_batch, tiny_method
+
+from trainer.data.views import Batch
+from trainer.losses import byol_loss, nt_xent_loss, vicreg_loss
+from trainer.methods import METHODS
+
+
+@pytest.fixture(params=sorted(METHODS))
+def name(request):
+    return request.param
+
+
+def test_forward_backward_contract(name):
+    torch.manual_seed(0)
+    method, views = tiny_method(name)
+    out = method(random_batch(views, 8))
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert out.features.shape == (8, method.feature_dim) and not out.features.requires_grad
+    assert {"z_std", "z_rank"} <= out.metrics.keys()
+    for key, value in out.metrics.items():
+        assert value.ndim == 0 and not value.requires_grad and torch.isfinite(value), key
+    out.loss.backward()
+    assert all(p.grad is not None for p in method.backbone.parameters())
+    assert method.backbone.conv1.weight.grad.abs().sum() > 0
+
+    grouped = [p for group in method.parameter_groups() for p in group["params"]]
+    assert all(isinstance(group["name"], str) for group in method.parameter_groups())
+    assert len({id(p) for p in grouped}) == len(grouped)  # no parameter twice
+    assert {id(p) for p in grouped} == {id(p) for p in method.parameters() if p.requires_grad}
+
+
+def test_loss_decreases_on_a_fixed_batch(name):
+    torch.manual_seed(0)
+    method, views = tiny_method(name)
+    batch = random_batch(views, 8)
+    optimizer = torch.optim.Adam(method.parameter_groups(), lr=1e-3)
+    losses = []
+    for step in range(1, 7):
+        loss = method(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.after_step(step, 6)
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+
+
+def test_multicrop_pairs_each_local_view_with_each_global_view():
+    """3 views (2 global, 1 local): SimCLR and VICReg average their loss over the pairs (0,1),
+    (2,0), (2,1); BYOL sums, over the two targets, the mean over the other views' predictions."""
+    torch.manual_seed(0)
+    for name in ("simclr", "vicreg", "byol"):
+        method, views = tiny_method(name, local_crops=1)
+        assert [v.size for v in views] == [16, 16, 7]
+        batch = random_batch(views, 6)
+        loss = method(batch).loss
+        batch_views = batch.views
+        feats = [method.backbone(v) for v in batch_views]
+        if name == "simclr":
+            z = [method.projector(f) for f in feats]
+            pairs = [nt_xent_loss(z[i], z[j], method.cfg.temperature) for i, j in ((0, 1), (2, 0), (2, 1))]
+            want = sum(pairs) / 3
+        elif name == "vicreg":
+            z = [method.expander(f) for f in feats]
+            want = sum(vicreg_loss(z[i], z[j]).loss for i, j in ((0, 1), (2, 0), (2, 1))) / 3
+        else:
+            p = [method.predictor(method.projector(f)) for f in feats]
+            t = [method.target_projector(method.target_backbone(v)) for v in batch_views[:2]]
+            want = (byol_loss(p[1], t[0]) + byol_loss(p[2], t[0])) / 2 + (byol_loss(p[0], t[1]) + byol_loss(p[2], t[1])) / 2
+        torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+
+
+def test_byol_target_moves_only_by_ema():
+    torch.manual_seed(0)
+    method, views = tiny_method("byol", local_crops=0)
+    targets = [*method.target_backbone.parameters(), *method.target_projector.parameters()]
+    onlines = [*method.backbone.parameters(), *method.projector.parameters()]
+    assert not any(t.requires_grad for t in targets)
+    grouped = {id(p) for group in method.parameter_groups() for p in group["params"]}
+    assert not grouped & {id(t) for t in targets}
+
+    optimizer = torch.optim.SGD(method.parameter_groups(), lr=0.5)
+    before = [t.detach().clone() for t in targets]
+    method(random_batch(views, 8)).loss.backward()
+    optimizer.step()  # trains the online network only; also refreshes BN running stats of both
+    assert all(torch.equal(t, b) for t, b in zip(targets, before))
+    assert not all(torch.equal(o, b) for o, b in zip(onlines, before))
+
+    step, total = 3, 10
+    tau = 1 - (1 - 0.996) * (math.cos(math.pi * step / total) + 1) / 2
+    logged = method.after_step(step, total)
+    assert logged == {"tau": pytest.approx(tau, abs=1e-12)}
+    for t, b, o in zip(targets, before, onlines):
+        torch.testing.assert_close(t, tau * b + (1 - tau) * o, rtol=1e-6, atol=1e-7)
+    target_buffers = [*method.target_backbone.buffers(), *method.target_projector.buffers()]
+    online_buffers = [*method.backbone.buffers(), *method.projector.buffers()]
+    assert target_buffers and all(torch.equal(t, o) for t, o in zip(target_buffers, online_buffers))
+    assert method.after_step(total, total)["tau"] == 1.0
+
+
+def test_rotnet_labels_follow_the_view_rotation():
+    """Views are rotated by 0/90/180/270 degrees; the loss is cross-entropy against r = rotation / 90."""
+    torch.manual_seed(0)
+    method, views = tiny_method("rotnet")
+    assert [v.rotation for v in views] == [0, 90, 180, 270]
+    image = torch.randn(5, 3, 16, 16)
+    batch_views = [torch.rot90(image, v.rotation // 90, dims=(2, 3)) for v in views]
+    out = method(Batch(batch_views))
+    logits = method.head(method.backbone(torch.cat(batch_views)))
+    want = torch.stack(
+        [F.cross_entropy(logits[5 * r : 5 * (r + 1)], torch.full((5,), v.rotation // 90)) for r, v in enumerate(views)]
+    ).mean()
+    torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-6)
+    # a wrong labelling (all zeros) gives another value: the check above can fail
+    assert not torch.allclose(out.loss, F.cross_entropy(logits, torch.zeros(20, dtype=torch.long)))
+    torch.testing.assert_close(out.features, method.backbone(torch.cat(batch_views))[:5].detach(), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,83 @@
+"""SimCLR, BYOL and VICReg under DDP on W real processes (gloo, 127.0.0.1): the mean of the ranks'
+losses and every parameter gradient equal those of one process on the concatenated batch.
+
+BatchNorm is removed (batch statistics are per rank by design; SyncBatchNorm needs CUDA) and
+everything runs in float64, so the comparison is exact to rounding. Each batch has a local crop,
+so the multi-crop pairs are covered too.
+"""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from method_helpers import random_batch, tiny_method, without_batchnorm
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer.data.views import Batch
+
+NAMES = ("simclr", "byol", "vicreg")
+PER_RANK = 2
+
+
+def build(name):
+    torch.manual_seed(0)
+    method, views = tiny_method(name, image_size=8, width=4, head_dim=16)
+    return without_batchnorm(method).double(), views
+
+
+def trainable_grads(method):
+    return {name: p.grad.clone() for name, p in method.named_parameters() if p.requires_grad}
+
+
+def _rank_main(rank, world_size, port, folder):
+    torch.set_num_threads(1)
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    inputs = torch.load(Path(folder) / "inputs.pt")
+    results = {}
+    for name in NAMES:
+        state, views = inputs[name]
+        method, _ = build(name)
+        method.load_state_dict(state)
+        local = Batch([v[rank * PER_RANK : (rank + 1) * PER_RANK] for v in views])
+        out = DistributedDataParallel(method)(local)
+        out.loss.backward()  # DDP averages the gradients over ranks
+        loss = out.loss.detach().clone()
+        dist.all_reduce(loss)
+        results[name] = (loss / world_size, trainable_grads(method))
+    if rank == 0:
+        torch.save(results, Path(folder) / "results.pt")
+    dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ddp_equals_one_process_on_the_whole_batch(world_size, tmp_path):
+    inputs, want = {}, {}
+    for seed, name in enumerate(NAMES):
+        method, views = build(name)
+        batch = random_batch(views, world_size * PER_RANK, seed=seed, dtype=torch.float64)
+        inputs[name] = (method.state_dict(), batch.views)
+        out = method(batch)
+        out.loss.backward()
+        want[name] = (out.loss.detach(), trainable_grads(method))
+    torch.save(inputs, tmp_path / "inputs.pt")
+    mp.spawn(_rank_main, args=(world_size, free_port(), str(tmp_path)), nprocs=world_size, join=True)
+    got = torch.load(tmp_path / "results.pt")
+    for name in NAMES:
+        (loss, grads), (ref_loss, ref_grads) = got[name], want[name]
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-12, msg=f"{name} loss")
+        assert grads.keys() == ref_grads.keys()
+        for key in grads:
+            assert ref_grads[key].abs().max() > 0, f"{name} {key}: no gradient to compare"
+            torch.testing.assert_close(grads[key], ref_grads[key], rtol=1e-9, atol=1e-12)

@@ -1,0 +1,94 @@
+"""Run under `torchrun --nproc-per-node 2`: a few optimizer steps of every method with each engine.
+
+For each (method, engine) it records, per step, the loss averaged over ranks and the largest
+difference of any parameter between the ranks (the BYOL target included), and writes
+them as JSON to argv[1] (rank 0). Every rank feeds its own deterministic batches (per rank, step,
+micro-batch), two micro-batches per step (gradient accumulation) and clipping is active.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+
+from trainer.config import Config, DataConfig, EngineConfig, ModelConfig, OptimConfig, TrainConfig
+from trainer.data.views import Batch
+from trainer.dist import init_distributed
+from trainer.engine import build_engine, make_plan
+from trainer.loop import seed_everything
+from trainer.methods import METHODS
+
+SMALL = {"simclr": {"proj_hidden_dim": 16, "proj_output_dim": 8},
+         "byol": {"proj_hidden_dim": 16, "proj_output_dim": 8, "pred_hidden_dim": 16},
+         "vicreg": {"proj_hidden_dim": 16, "proj_output_dim": 16}, "rotnet": {}}
+ENGINES = [("ddp", 0), ("deepspeed", 0), ("deepspeed", 1), ("deepspeed", 2)]
+DEEPSPEED_METHODS = ("simclr", "byol")  # the DeepSpeed runs cost ~3 s each on 2 cores
+STEPS = 3
+
+
+def batches(n_views: int, size: int, rank: int, step: int, labels: bool) -> list[Batch]:
+    out = []
+    for micro in range(2):
+        g = torch.Generator().manual_seed(1000 * step + 10 * rank + micro)
+        views = [torch.randn(4, 3, size, size, generator=g) for _ in range(n_views)]
+        out.append(Batch(views, torch.randint(0, 10, (4,), generator=g) if labels else None))
+    return out
+
+
+def max_rank_difference(module: torch.nn.Module) -> float:
+    """Over parameters (the BYOL target's too); BatchNorm running statistics are per rank by design."""
+    flat = torch.cat([t.detach().float().flatten() for t in module.parameters()])
+    parts = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, flat)
+    return max((p - parts[0]).abs().max().item() for p in parts)
+
+
+def main(out_path: str) -> None:
+    ctx = init_distributed()
+    results = {}
+    for name, cls in METHODS.items():
+        for engine_name, stage in ENGINES:
+            if engine_name == "deepspeed" and name not in DEEPSPEED_METHODS:
+                continue
+            cfg = Config(
+                method=cls.Config(**SMALL[name]),
+                model=ModelConfig(width=8, small_stem=True),
+                data=DataConfig(image_size=16),
+                # LARS for DDP; SGD/AdamW for ZeRO, which partitions the tensors LARS needs whole
+                optim=OptimConfig(name="lars" if engine_name == "ddp" else ("adamw" if stage == 2 else "sgd"),
+                                  base_lr=0.5, grad_clip=0.05, warmup_epochs=0.0),
+                engine=EngineConfig(name=engine_name, zero_stage=stage),
+                train=TrainConfig(global_batch_size=16, per_device_batch_size=4),
+            )
+            if engine_name == "deepspeed":  # the DDP twin of this run, for the loss comparison
+                cfg_ddp = Config(**{**cfg.__dict__, "engine": EngineConfig(name="ddp")})
+            plan = make_plan(cfg, ctx.world_size, ctx.device, loader_steps_per_epoch=2 * STEPS)
+            views = cls.views(cfg.method, cfg.data, cfg.aug)
+            runs = [(engine_name, cfg, plan)]
+            if engine_name == "deepspeed":
+                runs.append(("ddp", cfg_ddp, make_plan(cfg_ddp, ctx.world_size, ctx.device, 2 * STEPS)))
+            for label, run_cfg, run_plan in runs:
+                seed_everything(0)
+                method = cls(run_cfg.method, run_cfg.model)
+                engine = build_engine(run_cfg, run_plan, method, ctx)
+                record = {"loss": [], "rank_diff": []}
+                for step in range(STEPS):
+                    micro = batches(len(views), views[0].size, ctx.global_rank, step, labels=False)
+                    outputs = engine.step(micro, lr=run_plan.lr * (step + 1) / STEPS)
+                    engine.module.after_step(step + 1, run_plan.total_steps)
+                    loss = torch.stack([o.loss.detach() for o in outputs]).mean()
+                    dist.all_reduce(loss)
+                    record["loss"].append(loss.item() / ctx.world_size)
+                    record["rank_diff"].append(max_rank_difference(engine.module))
+                results[f"{name}/{engine_name}{stage}/{label}"] = record
+    if ctx.is_main:
+        with open(out_path, "w") as f:
+            json.dump(results, f, indent=1)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,77 @@
+"""One process: gradient accumulation equals the large batch; the `skip` policy drops a NaN step."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trainer.config import Config, EngineConfig, OptimConfig, TrainConfig
+from trainer.data.views import Batch
+from trainer.dist import DistContext
+from trainer.engine import build_engine, make_plan
+from trainer.methods.base import MethodOutput
+
+
+class PerSampleMethod(nn.Module):
+    """BN-free toy method whose loss is a mean over samples: [B,3,4,4] -> linear -> squared view gap."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = nn.Sequential(nn.Flatten(), nn.Linear(48, 6), nn.ReLU(), nn.Linear(6, 4))
+        self.feature_dim = 4
+
+    def forward(self, batch: Batch) -> MethodOutput:
+        a, b = (self.backbone(v) for v in batch.views)
+        loss = ((a - b + 1) ** 2).sum(1).mean()
+        return MethodOutput(loss, {}, a.detach())
+
+    def parameter_groups(self):
+        return [{"name": "backbone", "params": list(self.parameters())}]
+
+    def after_step(self, step, total_steps):
+        return {}
+
+
+def engine_for(global_batch: int, per_device: int, nonfinite: str = "stop"):
+    cfg = Config(optim=OptimConfig(name="sgd", base_lr=25.6, weight_decay=0.01, grad_clip=0.5),
+                 engine=EngineConfig(name="ddp"),
+                 train=TrainConfig(global_batch_size=global_batch, per_device_batch_size=per_device,
+                                   nonfinite=nonfinite))
+    plan = make_plan(cfg, 1, torch.device("cpu"), loader_steps_per_epoch=100)
+    return build_engine(cfg, plan, PerSampleMethod(), DistContext()), plan
+
+
+def data(step: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(step)
+    return [torch.randn(16, 3, 4, 4, generator=g) for _ in range(2)]
+
+
+def test_accumulation_2x8_equals_batch_16():
+    big, plan_big = engine_for(16, 16)
+    acc, plan_acc = engine_for(16, 8)
+    assert (plan_big.accumulation_steps, plan_acc.accumulation_steps) == (1, 2)
+    for step in range(3):
+        views = data(step)
+        out_big = big.step([Batch(views)], lr=plan_big.lr)
+        out_acc = acc.step([Batch([v[:8] for v in views]), Batch([v[8:] for v in views])], lr=plan_acc.lr)
+        torch.testing.assert_close(out_big[0].metrics["grad_norm"], out_acc[-1].metrics["grad_norm"])
+    assert out_big[0].metrics["grad_norm"] > 0.5  # clipping was active
+    for p, q in zip(big.module.parameters(), acc.module.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_skip_policy_leaves_weights_and_momentum_untouched():
+    engine, plan = engine_for(16, 16, nonfinite="skip")
+    engine.step([Batch(data(0))], lr=plan.lr)
+    before = [p.detach().clone() for p in engine.module.parameters()]
+    momentum = [engine.optimizer.state[p]["momentum_buffer"].clone() for p in engine.module.parameters()]
+    bad = data(1)
+    bad[0][3, 0, 0, 0] = float("nan")
+    out = engine.step([Batch(bad)], lr=plan.lr)
+    assert not torch.isfinite(out[0].loss)
+    for p, b, m in zip(engine.module.parameters(), before, momentum):
+        assert torch.equal(p, b) and torch.equal(engine.optimizer.state[p]["momentum_buffer"], m)
+    engine.step([Batch(data(2))], lr=plan.lr)  # and training goes on from there
+    assert all(torch.isfinite(p).all() for p in engine.module.parameters())
+    assert any(not torch.equal(p, b) for p, b in zip(engine.module.parameters(), before))

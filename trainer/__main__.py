@@ -1,0 +1,59 @@
+"""`python -m trainer train --config F [key=value ...]`, `... eval <command> ...`, `... export ...`.
+
+The same command runs under plain python, torchrun, the deepspeed launcher and srun: trainer/dist.py
+reads whichever environment the launcher set. Config mistakes exit 2 before any process group starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainer.config import ConfigError, load_config
+
+USAGE = """usage: python -m trainer {train,eval,export} ...
+  train --config F [key=value ...]   pretrain (or resume) the run F describes
+  eval <knn|linear|finetune|label-efficiency|report> --run DIR [...]
+  export --run DIR --out FILE"""
+
+
+def train_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer train", description=__doc__)
+    parser.add_argument("--config", required=True, help="YAML file (may list _base_ layers)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=10")
+    # the deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment says the same
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    from trainer.loop import NonFiniteLoss, train  # torch, the data backends: only once the config is valid
+
+    try:
+        return train(cfg)
+    except NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("train", "eval", "export"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        return train_main(rest)
+    if command == "eval":
+        from trainer.eval.cli import main as eval_main
+
+        return eval_main(rest)
+    from trainer.eval.export import main as export_main
+
+    return export_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

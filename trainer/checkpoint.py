@@ -1,0 +1,221 @@
+"""Checkpoints for exact resume, written atomically; auto-resume; preemption signals.
+
+Layout: runs/<name>/checkpoints/step_00000120/
+    state.pt     rank 0: method state_dict (BYOL's target included), engine state (optimizer, scaler),
+                 online-probe state, step / epoch / step_in_epoch (the data position), the RNG states
+                 of every rank (gathered), the resolved config. Only tensors, numbers, strings,
+                 lists and dicts, so it loads with `weights_only=True`.
+    deepspeed/   DeepSpeed runs: its collective checkpoint (every rank's ZeRO partition).
+A checkpoint is built in `.tmp-step_...`, fsynced, then renamed: a crash mid-write leaves the
+previous one intact, and temporary names never match `step_*`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import random
+import shutil
+import signal
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from trainer.config import Config, load_config, to_dict
+from trainer.dist import DistContext
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "preempted, checkpoint saved, requeue me"
+STATE = "state.pt"
+COMPATIBLE = ("method", "model")  # config sections that fix parameter shapes
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's torch / CUDA / numpy / python RNG states, as tensors (weights_only-loadable)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_extra": torch.tensor([pos, has_gauss, gauss], dtype=torch.float64),
+        "python": torch.tensor(py_state, dtype=torch.int64),
+        "python_extra": torch.tensor([version, float("nan") if py_gauss is None else py_gauss], dtype=torch.float64),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    pos, has_gauss, gauss = state["numpy_extra"].tolist()
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), int(pos), int(has_gauss), gauss))
+    version, py_gauss = state["python_extra"].tolist()
+    random.setstate((int(version), tuple(state["python"].tolist()), None if math.isnan(py_gauss) else py_gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")) + [root]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training stands after `step` optimizer steps: `step_in_epoch` steps of `epoch` are done."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint directories of a run, newest first."""
+    return sorted((run_dir / "checkpoints").glob("step_*"), reverse=True)
+
+
+def read_latest(run_dir: Path, cfg: Config | None = None) -> tuple[Path, dict] | None:
+    """(directory, state) of the newest checkpoint whose state.pt loads; unreadable ones are skipped
+    with a warning naming the file. With `cfg`, a checkpoint written for another method or model is
+    refused (ValueError naming the file and the mismatch)."""
+    for directory in checkpoints(run_dir):
+        file = directory / STATE
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # truncated / missing / not torch
+            warnings.warn(f"skipping unreadable checkpoint {file}: {type(e).__name__}: {e}", stacklevel=2)
+            continue
+        if cfg is not None:
+            now = to_dict(cfg)
+            for section in COMPATIBLE:
+                if state["config"][section] != now[section]:
+                    diff = {k: (v, now[section].get(k)) for k, v in state["config"][section].items()
+                            if now[section].get(k) != v}
+                    raise ValueError(f"{file} was written for another {section} config (key: (checkpoint, now) "
+                                     f"= {diff}); use another train.name or the checkpoint's config")
+        return directory, state
+    return None
+
+
+def load_model_weights(run_dir: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
+    """The run's config and the method's state_dict from its latest valid checkpoint (any engine)."""
+    run_dir = Path(run_dir)
+    found = read_latest(run_dir)
+    if found is None:
+        raise FileNotFoundError(f"{run_dir / 'checkpoints'}: no readable checkpoint")
+    return load_config(run_dir / "config.yaml"), found[1]["model"]
+
+
+class Checkpointer:
+    """Saves every `every` steps (and on demand), keeps the last `keep_last`, resumes the latest."""
+
+    def __init__(self, run_dir: Path, cfg: Config, ctx: DistContext):
+        self.dir, self.cfg, self.ctx = run_dir / "checkpoints", cfg, ctx
+        self.every, self.keep_last = cfg.train.ckpt_every, cfg.train.keep_last
+        if ctx.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.dir.glob(".tmp-*"):  # a save killed midway
+                shutil.rmtree(stale)
+        _barrier()
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def save(self, position: Position, engine, probe=None) -> Path:
+        """Collective: every rank calls it. Returns the checkpoint directory."""
+        final = self.dir / f"step_{position.step:08d}"
+        tmp = self.dir / f".tmp-{final.name}"
+        if self.ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        _barrier()
+        engine.save_shards(tmp)
+        rngs = [None] * self.ctx.world_size if self.ctx.is_main else None
+        if dist.is_initialized():
+            dist.gather_object(rng_state(), rngs, dst=0)
+        else:
+            rngs = [rng_state()]
+        if self.ctx.is_main:
+            state = {
+                "model": engine.module.state_dict(),
+                "engine": engine.state_dict(),
+                "probe": probe.state_dict() if probe is not None else {},
+                "step": position.step, "epoch": position.epoch, "step_in_epoch": position.step_in_epoch,
+                "rng": rngs,
+                "config": to_dict(self.cfg),
+            }
+            torch.save(state, tmp / STATE)
+        _barrier()
+        if self.ctx.is_main:
+            _fsync_tree(tmp)
+            if final.exists():  # the same step saved again (a preemption right after a periodic save)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_tree(self.dir)
+            for old in checkpoints(self.dir.parent)[self.keep_last:]:
+                shutil.rmtree(old)
+        _barrier()
+        return final
+
+    def resume(self, engine, probe=None) -> Position:
+        """Load the latest valid checkpoint into engine / probe / RNG; Position() when there is none.
+
+        Rank 0 chooses the checkpoint and every rank loads that one."""
+        found = read_latest(self.dir.parent, self.cfg) if self.ctx.is_main else None
+        choice = [str(found[0]) if found else None]
+        if dist.is_initialized():
+            dist.broadcast_object_list(choice, src=0)
+        if choice[0] is None:
+            return Position()
+        directory = Path(choice[0])
+        state = found[1] if found else torch.load(directory / STATE, map_location="cpu", weights_only=True)
+        engine.module.load_state_dict(state["model"])
+        engine.load_state_dict(state["engine"])
+        engine.load_shards(directory)
+        if probe is not None and state["probe"]:
+            probe.load_state_dict(state["probe"])
+        if len(state["rng"]) == self.ctx.world_size:
+            set_rng_state(state["rng"][self.ctx.global_rank])
+        else:
+            warnings.warn(f"{directory}: saved by {len(state['rng'])} ranks, now {self.ctx.world_size}: "
+                          "RNG states not restored, resume is not bit-exact", stacklevel=2)
+        return Position(state["step"], state["epoch"], state["step_in_epoch"])
+
+
+class Preemption:
+    """SIGUSR1 / SIGTERM set a flag; `agreed()` is True on every rank once any rank got one.
+
+    The flag is all-reduced every step over a CPU (gloo) group: a few microseconds on one node, and
+    no GPU sync, so a rank learns of the signal within one step of the grace period.
+    """
+
+    def __init__(self, ctx: DistContext):
+        self.flag = torch.zeros(1, dtype=torch.int32)
+        self.group = None
+        if dist.is_initialized() and dist.get_backend() != "gloo":
+            self.group = dist.new_group(backend="gloo")
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.flag.fill_(1)
+
+    def agreed(self) -> bool:
+        flag = self.flag.clone()
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+        return bool(flag.item())  # a CPU tensor: no device sync

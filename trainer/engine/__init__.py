@@ -1,0 +1,32 @@
+"""The engines that turn batches into optimizer steps: DDP or DeepSpeed behind one small interface.
+
+    engine = build_engine(cfg, plan, method, ctx)
+    outputs = engine.step(micro_batches, lr)   # forward/backward per micro-batch, then one optimizer step
+    engine.module                              # the unwrapped method (after_step, eval, checkpoints)
+
+An engine owns AMP, gradient accumulation (no gradient all-reduce on non-final micro-batches),
+clipping, the optimizer and the non-finite `skip` policy. It never knows which method it trains.
+Checkpoint hooks: `state_dict()` / `load_state_dict()` for what rank 0 writes into the checkpoint,
+`save_shards(dir)` / `load_shards(dir)` for what every rank writes together (DeepSpeed's ZeRO partitions).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from trainer.config import Config
+from trainer.dist import DistContext
+from trainer.engine.plan import Plan, make_plan, micro_batching
+
+__all__ = ["Plan", "build_engine", "make_plan", "micro_batching"]
+
+
+def build_engine(cfg: Config, plan: Plan, method: nn.Module, ctx: DistContext):
+    """A `DDPEngine` or `DeepSpeedEngine` (cfg.engine.name) owning `method` and its optimizer."""
+    if cfg.engine.name == "deepspeed":
+        from trainer.engine.deepspeed_engine import DeepSpeedEngine  # imports deepspeed only when asked
+
+        return DeepSpeedEngine(cfg, plan, method, ctx)
+    from trainer.engine.ddp import DDPEngine
+
+    return DDPEngine(cfg, plan, method, ctx)

@@ -1,0 +1,90 @@
+"""DistributedDataParallel engine (one process is the same code without the wrapper)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer.config import Config
+from trainer.data.views import Batch
+from trainer.dist import DistContext
+from trainer.engine.amp import autocast, step_if
+from trainer.engine.plan import Plan
+from trainer.methods.base import MethodOutput
+from trainer.optim import build_optimizer
+
+
+class DDPEngine:
+    def __init__(self, cfg: Config, plan: Plan, method: nn.Module, ctx: DistContext):
+        self.ctx, self.precision = ctx, plan.precision
+        self.grad_clip, self.skip_nonfinite = cfg.optim.grad_clip, cfg.train.nonfinite == "skip"
+        if cfg.engine.sync_bn and ctx.distributed:
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        method = method.to(ctx.device)
+        if cfg.engine.channels_last and ctx.device.type == "cuda":
+            method = method.to(memory_format=torch.channels_last)
+        self.module = method
+        self.optimizer = build_optimizer(cfg.optim, method.parameter_groups(), plan.lr)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        model = method
+        if ctx.distributed:
+            model = DistributedDataParallel(method, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+        self.model = torch.compile(model) if cfg.engine.compile else model
+        self.ddp = model if ctx.distributed else None
+        # fp16 needs loss scaling; bf16 has fp32's exponent range and does not
+        self.scaler = torch.amp.GradScaler(ctx.device.type) if plan.precision == "fp16" else None
+
+    def step(self, batches: list[Batch], lr: float) -> list[MethodOutput]:
+        """Forward/backward on each micro-batch (loss / len(batches)), then one optimizer step.
+
+        Gradients are all-reduced only during the last micro-batch's backward (`no_sync` before it).
+        With grad clipping or the `skip` policy, the global grad norm is appended to the last
+        output's metrics as `grad_norm`.
+        """
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        outputs = []
+        for i, batch in enumerate(batches):
+            final = i == len(batches) - 1
+            with self.ddp.no_sync() if self.ddp is not None and not final else contextlib.nullcontext():
+                with autocast(self.precision, self.ctx.device):
+                    out = self.model(batch)
+                loss = out.loss / len(batches)
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            outputs.append(out)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.grad_clip > 0 or self.skip_nonfinite:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+            if self.grad_clip > 0:
+                torch.nn.utils.clip_grads_with_norm_(self.params, self.grad_clip, norm)
+            outputs[-1].metrics["grad_norm"] = norm.detach()
+        if self.scaler is not None:  # skips the step itself when a gradient is not finite
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif self.skip_nonfinite:
+            step_if(self.optimizer, torch.isfinite(norm))
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return outputs
+
+    def state_dict(self) -> dict:
+        state = {"optimizer": self.optimizer.state_dict()}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+
+    def save_shards(self, directory) -> None:
+        """Nothing: rank 0's state_dict holds the whole optimizer under DDP."""
+
+    def load_shards(self, directory) -> None:
+        """Nothing: see save_shards."""

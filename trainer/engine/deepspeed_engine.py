@@ -1,0 +1,86 @@
+"""DeepSpeed engine: ZeRO stages 0-2 around our own torch optimizer (LARS, SGD or AdamW).
+
+The DeepSpeed config dict comes from `Plan.deepspeed` (batch sizes derived, never typed twice).
+Checkpoints use DeepSpeed's collective save/load (each rank writes its optimizer partition).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from trainer.config import Config
+from trainer.data.views import Batch
+from trainer.dist import DistContext
+from trainer.engine.amp import autocast
+from trainer.engine.plan import Plan
+from trainer.methods.base import MethodOutput
+from trainer.optim import build_optimizer
+
+TAG = "deepspeed"
+
+
+def _one_process_group(ctx: DistContext) -> None:
+    """DeepSpeed needs a process group and LOCAL_RANK even for one process (without them it tries
+    MPI, then asserts). Start a one-rank group on an in-memory store and say so in the environment."""
+    if not dist.is_initialized():
+        for key in ("RANK", "LOCAL_RANK"):
+            os.environ.setdefault(key, "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        backend = "nccl" if ctx.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+
+class DeepSpeedEngine:
+    def __init__(self, cfg: Config, plan: Plan, method: nn.Module, ctx: DistContext):
+        import deepspeed
+
+        if ctx.device.type == "cpu":
+            # DeepSpeed's CPU all-reduce would JIT-compile a shared-memory op on first use (45-140 s
+            # here); marking it unavailable sends its collectives through torch.distributed's gloo.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        _one_process_group(ctx)
+        self.ctx, self.precision = ctx, plan.precision
+        self.module = method.to(ctx.device)
+        if cfg.engine.channels_last and ctx.device.type == "cuda":
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(cfg.optim, method.parameter_groups(), plan.lr)
+        self.ds, _, _, _ = deepspeed.initialize(model=self.module, optimizer=self.optimizer,
+                                                config=plan.deepspeed, dist_init_required=False)
+        if cfg.engine.compile:
+            self.ds.compile()
+
+    def step(self, batches: list[Batch], lr: float) -> list[MethodOutput]:
+        """DeepSpeed's forward/backward/step per micro-batch; it reduces gradients and steps the
+        optimizer (with clipping) on the last micro-batch of `gradient_accumulation_steps`."""
+        # ZeRO wraps our optimizer but keeps its param_group dicts: setting lr here is what it uses
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        outputs = []
+        for batch in batches:
+            if self.precision == "fp16":  # DeepSpeed's fp16 keeps the module in half precision
+                batch = Batch([v.half() for v in batch.views], batch.labels)
+            with autocast("bf16" if self.precision == "bf16" else "fp32", self.ctx.device):
+                out = self.ds(batch)
+            self.ds.backward(out.loss)
+            self.ds.step()
+            outputs.append(out)
+        return outputs
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing: the optimizer comes back through load_shards."""
+
+    def save_shards(self, directory: Path) -> None:
+        self.ds.save_checkpoint(str(directory), tag=TAG)
+
+    def load_shards(self, directory: Path) -> None:
+        path, _ = self.ds.load_checkpoint(str(directory), tag=TAG, load_lr_scheduler_states=False)
+        if path is None:
+            raise FileNotFoundError(f"{directory / TAG}: no DeepSpeed checkpoint there")

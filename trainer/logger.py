@@ -1,0 +1,128 @@
+"""Rank-0 monitoring: TensorBoard scalars and images, metrics.jsonl, a tqdm bar, console lines.
+
+`make_logger(ctx, ...)` returns a `Logger` on global rank 0 and a `NullLogger` (same methods, does
+nothing) elsewhere, so the loop never asks which rank it is on (STYLE.md, principle 11).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from trainer.dist import DistContext
+
+
+class NullLogger:
+    def info(self, message: str) -> None: ...
+    def write(self, name: str, text: str) -> None: ...
+    def scalars(self, step: int, epoch: int, values: dict[str, float]) -> None: ...
+    def images(self, tag: str, step: int, views: list[torch.Tensor], mean: list[float], std: list[float]) -> None: ...
+    def progress(self, step: int, postfix: dict[str, float] | None = None) -> None: ...
+    def close(self) -> None: ...
+
+
+class Logger(NullLogger):
+    """Writes to run_dir/tb (TensorBoard), run_dir/metrics.jsonl (one JSON object per log step)."""
+
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, progress: bool):
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = run_dir
+        self.tb = SummaryWriter(str(run_dir / "tb"))
+        self.jsonl = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (open for the run, closed in close())
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                        disable=not progress, file=sys.stderr)
+
+    def info(self, message: str) -> None:
+        self.bar.write(message, file=sys.stdout)
+
+    def write(self, name: str, text: str) -> None:
+        """A text file in the run directory (the resolved config.yaml)."""
+        (self.run_dir / name).write_text(text)
+
+    def scalars(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        for tag, value in values.items():
+            self.tb.add_scalar(tag, value, step)
+        self.jsonl.write(json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
+        self.jsonl.flush()
+        self.tb.flush()
+
+    def images(self, tag: str, step: int, views: list[torch.Tensor], mean: list[float], std: list[float]) -> None:
+        """The first 8 images of each view [B, 3, H, W] (normalized) as one grid per view."""
+        from torchvision.utils import make_grid
+
+        m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+        for v, x in enumerate(views):
+            images = (x[:8].detach().float().cpu() * s + m).clamp(0, 1)
+            self.tb.add_image(f"{tag}/view{v}", make_grid(images, nrow=8), step)
+
+    def progress(self, step: int, postfix: dict[str, float] | None = None) -> None:
+        self.bar.update(step - self.bar.n)
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.tb.close()
+        self.jsonl.close()
+
+
+def make_logger(ctx: DistContext, run_dir: Path, total_steps: int, start_step: int, progress: bool) -> NullLogger:
+    return Logger(run_dir, total_steps, start_step, progress) if ctx.is_main else NullLogger()
+
+
+class Meter:
+    """Averages over the log window, kept on the device and read with one host sync at log cadence.
+
+    Device scalars (loss, metrics) are summed where finite; a non-finite loss is counted and the
+    first step it happened at recorded, all without leaving the device. `read()` all-reduces the
+    window over ranks (collective: every rank calls it at the same step).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
+        self.host: dict[str, list[float]] = {}
+        self.nonfinite = torch.zeros((), device=self.device)
+        self.first_nonfinite = torch.full((), float("inf"), device=self.device)
+
+    def add_loss(self, loss: torch.Tensor, step: int) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        self.nonfinite += bad
+        self.first_nonfinite = torch.where(bad, self.first_nonfinite.clamp(max=step), self.first_nonfinite)
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for key, v in values.items():
+            v = v.detach().float()
+            ok = torch.isfinite(v)
+            self.sums[key] = self.sums.get(key, 0) + torch.where(ok, v, 0)
+            self.counts[key] = self.counts.get(key, 0) + ok
+
+    def add_host(self, values: dict[str, float]) -> None:
+        for key, v in values.items():
+            self.host.setdefault(key, []).append(v)
+
+    def read(self) -> tuple[dict[str, float], int, int]:
+        """(window means, non-finite steps, first non-finite step or -1), over all ranks; then reset."""
+        keys = sorted(self.sums)
+        packed = torch.stack([self.sums[k] for k in keys] + [self.counts[k].float() for k in keys] + [self.nonfinite])
+        first = self.first_nonfinite.clone()
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(packed)
+            torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+        values = packed.tolist()  # the host sync of the log cadence
+        n = len(keys)
+        means = {k: values[i] / max(values[n + i], 1) for i, k in enumerate(keys)}
+        means.update({k: sum(v) / len(v) for k, v in self.host.items()})
+        first_step = first.item()
+        self.reset()
+        return means, int(values[-1]), -1 if first_step == float("inf") else int(first_step)

@@ -1,0 +1,50 @@
+"""LARS: SGD with momentum whose step for each weight tensor is rescaled by a layer-wise trust ratio.
+
+You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", 2017; the variant of
+facebookresearch/vicreg `main_vicreg.py` (also used for SimCLR and BYOL): tensors with ndim == 1
+(biases, norm weights) get neither weight decay nor the trust ratio.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class LARS(torch.optim.Optimizer):
+    """For a weight tensor p (ndim > 1) with gradient g:
+
+        d = g + weight_decay * p
+        d = d * trust_coefficient * |p| / |d|     (when both norms are > 0)
+        m = momentum * m + d;  p = p - lr * m
+    """
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
+                 trust_coefficient: float = 0.001):
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum,
+                                  "trust_coefficient": trust_coefficient})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if p.ndim > 1:
+                    d = d.add(p, alpha=group["weight_decay"])
+                    p_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+                    one = torch.ones_like(p_norm)
+                    # torch.where keeps this on the device: no host sync per tensor
+                    q = torch.where((p_norm > 0) & (d_norm > 0), group["trust_coefficient"] * p_norm / d_norm, one)
+                    d = d.mul(q)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                buf.mul_(group["momentum"]).add_(d)
+                p.add_(buf, alpha=-group["lr"])
+        return loss
