@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/python -m trainer train --config configs/demo_digits_simclr.yaml train.name=$(RUN)
 	$(BIN)/python -m trainer eval label-efficiency --run runs/$(RUN)
 	$(BIN)/python -m trainer eval report --run runs/$(RUN)
-	@echo "TensorBoard: $(BIN)/tensorboard --logdir runs/$(RUN)/tb   report: runs/$(RUN)/eval/report.md"
+	@echo "TensorBoard: launch/tensorboard.sh runs   report: runs/$(RUN)/eval/report.md"
 
 ## every test tier on the CPU (GPU tests skip with a reason); Slurm's daemons are installed when missing
 test: $(STAMP) slurm-deps

@@ -8,14 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fault_harness import REPO, STEPS, Job, losses, spawn_ranks, tiny_args
-
-# planted in the reference run's environment; the credentials test checks none of them reaches a log
-FAKE_SECRETS = {
-    "HF_TOKEN": "hf_FAKEfaultsuiteTOKEN0123456789abcdef",
-    "WANDB_API_KEY": "fakefaultsuite0123456789abcdef0123456789",
-    "AWS_SECRET_ACCESS_KEY": "FAKEfaultsuiteSECRET/0123456789abcdefABCD",
-}
+from fault_harness import FAKE_SECRETS, REPO, STEPS, Job, losses, spawn_ranks, tiny_args
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,12 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "demo_digits_simclr.yaml"
 STEPS = 8  # optimizer steps of the reference run
 CKPT_EVERY = 2
+# planted in the reference run's environment; the credentials test checks none of them reaches a log
+FAKE_SECRETS = {
+    "HF_TOKEN": "hf_FAKEfaultsuiteTOKEN0123456789abcdef",
+    "WANDB_API_KEY": "fakefaultsuite0123456789abcdef0123456789",
+    "AWS_SECRET_ACCESS_KEY": "FAKEfaultsuiteSECRET/0123456789abcdefABCD",
+}
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                  "TORCHELASTIC_RESTART_COUNT", "SLURM_PROCID", "SLURM_NTASKS")
 
@@ -80,18 +87,22 @@ class Job:
                 p.wait()
 
 
-def _popen(argv: list[str], env: dict[str, str], logs: Path, tag: str, rank: int | str) -> subprocess.Popen:
+def _popen(argv: list[str], env: dict[str, str], logs: Path, tag: str, rank: int | str,
+           preexec: Callable[[], None] | None = None) -> subprocess.Popen:
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{tag}.{rank}.out", "a") as out, open(logs / f"{tag}.{rank}.err", "a") as err:
         # a session of its own: signals can go to a rank's whole process group, as Slurm sends them
-        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=err, start_new_session=True)
+        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=err, start_new_session=True,
+                                preexec_fn=preexec)
 
 
 def spawn_ranks(args: list[str], logs: Path, tag: str, world_size: int = 2,
-                wrap: dict[int, list[str]] | None = None, env: dict[str, str] | None = None) -> Job:
+                wrap: dict[int, list[str]] | None = None, env: dict[str, str] | None = None,
+                preexec: dict[int, Callable[[], None]] | None = None) -> Job:
     """One process per rank with the torchrun variables set by hand (what srun + trainer/dist.py give):
     no agent watches them, so what a rank does when a peer fails is the trainer's own behaviour.
-    `wrap[rank]` replaces `python` by `python <wrapper script>` for that rank."""
+    `wrap[rank]` replaces `python` by `python <wrapper script>` for that rank; `preexec[rank]` runs in
+    that rank's process before it starts (resource limits)."""
     port = free_port()
     procs = []
     for rank in range(world_size):
@@ -99,7 +110,7 @@ def spawn_ranks(args: list[str], logs: Path, tag: str, world_size: int = 2,
                              LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                              **(env or {}))
         argv = [sys.executable, *(wrap or {}).get(rank, []), *args]
-        procs.append(_popen(argv, rank_env, logs, tag, rank))
+        procs.append(_popen(argv, rank_env, logs, tag, rank, (preexec or {}).get(rank)))
     return Job(procs, logs, tag)
 
 

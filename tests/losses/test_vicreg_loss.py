@@ -35,7 +35,9 @@ def authors_vicreg(x, y, sim_coeff, std_coeff, cov_coeff):
 # the std hinge on and off
 @pytest.mark.parametrize("n,d", [(2, 2), (4, 16), (7, 33), (32, 8), (64, 64)])
 @pytest.mark.parametrize("scale", [0.3, 3.0])
-@pytest.mark.parametrize("coeffs", [(25.0, 25.0, 1.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (5.0, 2.0, 0.5)])
+@pytest.mark.parametrize(
+    "coeffs", [(25.0, 25.0, 1.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (5.0, 2.0, 0.5)]
+)
 def test_vicreg_matches_authors_code(n, d, scale, coeffs):
     gen = torch.Generator().manual_seed(n * 100 + d)
     x = torch.randn(n, d, generator=gen) * scale

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from trainer.config import load_config
 from trainer.data.views import Batch, ViewSpec

@@ -73,7 +73,9 @@ def test_multicrop_pairs_each_local_view_with_each_global_view():
         else:
             p = [method.predictor(method.projector(f)) for f in feats]
             t = [method.target_projector(method.target_backbone(v)) for v in batch_views[:2]]
-            want = (byol_loss(p[1], t[0]) + byol_loss(p[2], t[0])) / 2 + (byol_loss(p[0], t[1]) + byol_loss(p[2], t[1])) / 2
+            want = (byol_loss(p[1], t[0]) + byol_loss(p[2], t[0])) / 2 + (
+                byol_loss(p[0], t[1]) + byol_loss(p[2], t[1])
+            ) / 2
         torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
 
 
@@ -115,9 +117,14 @@ def test_rotnet_labels_follow_the_view_rotation():
     out = method(Batch(batch_views))
     logits = method.head(method.backbone(torch.cat(batch_views)))
     want = torch.stack(
-        [F.cross_entropy(logits[5 * r : 5 * (r + 1)], torch.full((5,), v.rotation // 90)) for r, v in enumerate(views)]
+        [
+            F.cross_entropy(logits[5 * r : 5 * (r + 1)], torch.full((5,), v.rotation // 90))
+            for r, v in enumerate(views)
+        ]
     ).mean()
     torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-6)
     # a wrong labelling (all zeros) gives another value: the check above can fail
     assert not torch.allclose(out.loss, F.cross_entropy(logits, torch.zeros(20, dtype=torch.long)))
-    torch.testing.assert_close(out.features, method.backbone(torch.cat(batch_views))[:5].detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out.features, method.backbone(torch.cat(batch_views))[:5].detach(), rtol=1e-5, atol=1e-6
+    )

@@ -15,12 +15,21 @@ def views_of(name, image_size=96, **aug):
 
 
 @pytest.mark.parametrize(
-    "image_size,blur,want", [(32, "auto", 0.0), (96, "auto", 0.5), (96, "never", 0.0), (32, "always", 0.5), (33, "auto", 0.5)]
+    "image_size,blur,want",
+    [(32, "auto", 0.0), (96, "auto", 0.5), (96, "never", 0.0), (32, "always", 0.5), (33, "auto", 0.5)],
 )
 def test_simclr_two_symmetric_views(image_size, blur, want):
-    a, b = views_of("simclr", image_size, blur=blur, min_scale=0.2, jitter_strength=0.5, jitter_prob=0.7, gray_prob=0.1)
+    a, b = views_of(
+        "simclr", image_size, blur=blur, min_scale=0.2, jitter_strength=0.5, jitter_prob=0.7, gray_prob=0.1
+    )
     assert a == b
-    assert (a.size, a.scale, a.flip_prob, a.blur_prob, a.solarize_prob) == (image_size, (0.2, 1.0), 0.5, want, 0.0)
+    assert (a.size, a.scale, a.flip_prob, a.blur_prob, a.solarize_prob) == (
+        image_size,
+        (0.2, 1.0),
+        0.5,
+        want,
+        0.0,
+    )
     assert a.jitter == pytest.approx((0.2, 0.2, 0.2, 0.05)) and (a.jitter_prob, a.gray_prob) == (0.7, 0.1)
 
 
@@ -56,10 +65,17 @@ def test_rotnet_four_rotations_of_one_deterministic_resize():
 
 def test_paper_defaults_and_yaml_overrides():
     assert (SimCLRConfig().proj_output_dim, SimCLRConfig().temperature) == (128, 0.1)
-    assert (BYOLConfig().proj_hidden_dim, BYOLConfig().proj_output_dim, BYOLConfig().tau_base) == (4096, 256, 0.996)
+    assert (BYOLConfig().proj_hidden_dim, BYOLConfig().proj_output_dim, BYOLConfig().tau_base) == (
+        4096,
+        256,
+        0.996,
+    )
     vicreg = VICRegConfig()
     assert (vicreg.proj_hidden_dim, vicreg.proj_output_dim) == (8192, 8192)
     assert (vicreg.sim_coeff, vicreg.std_coeff, vicreg.cov_coeff) == (25.0, 25.0, 1.0)
     cfg = load_config(overrides=["method.name=byol", "method.tau_base=0.99", "method.proj_output_dim=64"])
-    assert isinstance(cfg.method, BYOLConfig) and (cfg.method.tau_base, cfg.method.proj_output_dim) == (0.99, 64)
+    assert isinstance(cfg.method, BYOLConfig) and (cfg.method.tau_base, cfg.method.proj_output_dim) == (
+        0.99,
+        64,
+    )
     assert all(cls.Config().name == name for name, cls in METHODS.items())

@@ -44,7 +44,8 @@ def _rank_main(rank, world_size, port, folder):
         method, _ = build(name)
         method.load_state_dict(state)
         local = Batch([v[rank * PER_RANK : (rank + 1) * PER_RANK] for v in views])
-        out = DistributedDataParallel(method)(local)
+        ddp = DistributedDataParallel(method)  # held: its reducer must outlive the backward
+        out = ddp(local)
         out.loss.backward()  # DDP averages the gradients over ranks
         loss = out.loss.detach().clone()
         dist.all_reduce(loss)
@@ -76,8 +77,16 @@ def test_ddp_equals_one_process_on_the_whole_batch(world_size, tmp_path):
     got = torch.load(tmp_path / "results.pt")
     for name in NAMES:
         (loss, grads), (ref_loss, ref_grads) = got[name], want[name]
-        torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-12, msg=f"{name} loss")
+        torch.testing.assert_close(
+            loss, ref_loss, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name} loss: {m}"
+        )
         assert grads.keys() == ref_grads.keys()
         for key in grads:
             assert ref_grads[key].abs().max() > 0, f"{name} {key}: no gradient to compare"
-            torch.testing.assert_close(grads[key], ref_grads[key], rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(
+                grads[key],
+                ref_grads[key],
+                rtol=1e-9,
+                atol=1e-12,
+                msg=lambda m, what=f"{name} {key}": f"{what}: {m}",
+            )

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-import torch.nn as nn
 import torchvision
+from torch import nn
 
 from trainer.config import ModelConfig
 from trainer.models import build_backbone, mlp
@@ -28,7 +28,9 @@ def test_resnet_width_and_small_stem(name, width, dim):
     assert isinstance(net.maxpool, nn.Identity)
     assert net.layer1[0].conv1.in_channels == width
     # 8 px stays 8 px into layer1 (no stride-2 conv, no max-pool): 1 px after three stride-2 stages
-    trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+    trunk = nn.Sequential(
+        net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+    )
     assert trunk(torch.randn(2, 3, 8, 8)).shape == (2, dim, 1, 1)
     assert net(torch.randn(2, 3, 8, 8)).shape == (2, dim)
 
@@ -81,7 +83,11 @@ def test_mlp_shapes():
     assert vicreg[-1].bias is None and vicreg[0].bias is not None
     plain = mlp([8, 4, 2], bn=False, last_bn=True)
     assert [type(m) for m in plain] == [nn.Linear, nn.ReLU, nn.Linear, nn.BatchNorm1d]
-    assert [(m.in_features, m.out_features) for m in vicreg if isinstance(m, nn.Linear)] == [(64, 32), (32, 32), (32, 16)]
+    assert [(m.in_features, m.out_features) for m in vicreg if isinstance(m, nn.Linear)] == [
+        (64, 32),
+        (32, 32),
+        (32, 16),
+    ]
     assert vicreg(torch.randn(5, 64)).shape == (5, 16)
     with pytest.raises(ValueError):
         mlp([8])

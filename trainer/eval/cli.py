@@ -265,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     study, probe = StudyConfig(), FitConfig()
     parser = argparse.ArgumentParser(prog="python -m trainer eval", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=list(COMMANDS))
-    parser.add_argument("--run", required=True, help="run directory (runs/<name>)")
+    # torchrun's own parser reads `--run` as an abbreviation of its --run-path: spell it --run-dir there
+    parser.add_argument("--run", "--run-dir", dest="run", required=True,
+                        help="run directory (runs/<name>); --run-dir under torchrun")
     parser.add_argument("--shards", help="dataset folder to evaluate on (default: the run's data.shards)")
     parser.add_argument("--train-split", help="labeled split to fit on (default: eval.train_split)")
     parser.add_argument("--test-split", help="split to score (default: eval.test_split)")

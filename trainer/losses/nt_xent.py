@@ -51,7 +51,7 @@ class _FusedCE(torch.autograd.Function):
             # softmax = exp(s - lse); the -lse rides in the matmul's accumulator (addmm) instead of a pass
             p = torch.addmm(-lse[start:stop, None], qs[start:stop], k.T, out=buf[: stop - start])
             p.scatter_(1, self_idx[start:stop, None], float("-inf")).exp_()
-            dq[start:stop] = torch.mm(p, k)
+            torch.mm(p, k, out=dq[start:stop])
             dk.addmm_(p.T, gqs[start:stop])
         dq.sub_(k[pos]).mul_(grad[:, None] * inv_temp)
         dk.index_add_(0, pos, gqs, alpha=-1.0)

@@ -54,4 +54,7 @@ def view_pairs(num_views: int) -> list[tuple[int, int]]:
 
 def trainable_groups(**modules: torch.nn.Module) -> list[dict]:
     """One optimizer group per named module, holding its trainable parameters (for `parameter_groups`)."""
-    return [{"name": name, "params": [p for p in m.parameters() if p.requires_grad]} for name, m in modules.items()]
+    return [
+        {"name": name, "params": [p for p in m.parameters() if p.requires_grad]}
+        for name, m in modules.items()
+    ]

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from trainer.config import AugConfig, DataConfig, ModelConfig
 from trainer.data.views import Batch, ViewSpec
@@ -63,7 +63,9 @@ class BYOL(nn.Module):
         with torch.no_grad():
             targets = [self.target_projector(self.target_backbone(v)) for v in batch.views[:2]]
         others = range(len(p))
-        loss = sum(torch.stack([byol_loss(p[a], t) for a in others if a != g]).mean() for g, t in enumerate(targets))
+        loss = sum(
+            torch.stack([byol_loss(p[a], t) for a in others if a != g]).mean() for g, t in enumerate(targets)
+        )
         metrics = {"byol": loss.detach(), **collapse_metrics(z[0])}
         return MethodOutput(loss, metrics, features[0].detach())
 
@@ -80,5 +82,7 @@ class BYOL(nn.Module):
         torch._foreach_lerp_(
             [t for m in target for t in m.parameters()], [o for m in online for o in m.parameters()], 1 - tau
         )
-        torch._foreach_copy_([t for m in target for t in m.buffers()], [o for m in online for o in m.buffers()])
+        torch._foreach_copy_(
+            [t for m in target for t in m.buffers()], [o for m in online for o in m.buffers()]
+        )
         return {"tau": tau}

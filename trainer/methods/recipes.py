@@ -53,6 +53,11 @@ def local_views(data: DataConfig, aug: AugConfig) -> list[ViewSpec]:
 def rotation_views(data: DataConfig) -> list[ViewSpec]:
     """RotNet: the same deterministic resize, rotated by 0, 90, 180 and 270 degrees (view r by 90 r)."""
     still = ViewSpec(
-        size=data.image_size, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0, gray_prob=0.0
+        size=data.image_size,
+        scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        flip_prob=0.0,
+        jitter_prob=0.0,
+        gray_prob=0.0,
     )
     return [replace(still, rotation=90 * r) for r in range(4)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from trainer.config import AugConfig, DataConfig, ModelConfig
 from trainer.data.views import Batch, ViewSpec

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from trainer.config import AugConfig, DataConfig, ModelConfig
 from trainer.data.views import Batch, ViewSpec
@@ -46,7 +46,9 @@ class SimCLR(nn.Module):
     def forward(self, batch: Batch) -> MethodOutput:
         features = [self.backbone(v) for v in batch.views]
         z = [self.projector(f) for f in features]
-        loss = torch.stack([nt_xent_loss(z[i], z[j], self.cfg.temperature) for i, j in view_pairs(len(z))]).mean()
+        loss = torch.stack(
+            [nt_xent_loss(z[i], z[j], self.cfg.temperature) for i, j in view_pairs(len(z))]
+        ).mean()
         metrics = {"nt_xent": loss.detach(), **collapse_metrics(z[0])}
         return MethodOutput(loss, metrics, features[0].detach())
 

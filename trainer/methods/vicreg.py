@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from trainer.config import AugConfig, DataConfig, ModelConfig
 from trainer.data.views import Batch, ViewSpec
@@ -51,7 +51,9 @@ class VICReg(nn.Module):
         features = [self.backbone(v) for v in batch.views]
         z = [self.expander(f) for f in features]
         c = self.cfg
-        terms = [vicreg_loss(z[i], z[j], c.sim_coeff, c.std_coeff, c.cov_coeff) for i, j in view_pairs(len(z))]
+        terms = [
+            vicreg_loss(z[i], z[j], c.sim_coeff, c.std_coeff, c.cov_coeff) for i, j in view_pairs(len(z))
+        ]
         loss, invariance, variance, covariance = (torch.stack(t).mean() for t in zip(*terms))
         metrics = {
             "vicreg": loss.detach(),

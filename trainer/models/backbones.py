@@ -6,8 +6,8 @@ at width 64 loads into `torchvision.models.resnet18()` whose `fc` is `nn.Identit
 
 from __future__ import annotations
 
-import torch.nn as nn
 import torchvision
+from torch import nn
 
 from trainer.config import ModelConfig
 
@@ -34,7 +34,9 @@ def _resnet(name: str, width: int, small_stem: bool) -> tuple[nn.Module, int]:
         net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
         net.bn1 = nn.BatchNorm2d(width)
         for i, depth in enumerate(depths):
-            setattr(net, f"layer{i + 1}", net._make_layer(block, width * 2**i, depth, stride=1 if i == 0 else 2))
+            setattr(
+                net, f"layer{i + 1}", net._make_layer(block, width * 2**i, depth, stride=1 if i == 0 else 2)
+            )
     if small_stem:  # CIFAR-style stem: 32-96 px images keep their resolution into layer1
         net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
-import torch.nn as nn
+from torch import nn
 
 
-def mlp(dims: Sequence[int], *, bn: bool = True, last_bn: bool = False, last_bias: bool = True) -> nn.Sequential:
+def mlp(
+    dims: Sequence[int], *, bn: bool = True, last_bn: bool = False, last_bias: bool = True
+) -> nn.Sequential:
     """dims [d0, d1, ..., dk] -> Linear(d0, d1)-BN-ReLU- ... -Linear(d_{k-1}, dk) [-BN].
 
     Hidden layers are Linear, BatchNorm1d (if `bn`), ReLU; the last layer is a plain Linear
@@ -18,7 +21,7 @@ def mlp(dims: Sequence[int], *, bn: bool = True, last_bn: bool = False, last_bia
     if len(dims) < 2:
         raise ValueError(f"an MLP needs at least input and output dims, got {list(dims)}")
     layers: list[nn.Module] = []
-    for d_in, d_out in zip(dims[:-2], dims[1:-1]):
+    for d_in, d_out in itertools.pairwise(dims[:-1]):
         layers.append(nn.Linear(d_in, d_out))
         if bn:
             layers.append(nn.BatchNorm1d(d_out))
