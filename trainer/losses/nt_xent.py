@@ -105,6 +105,7 @@ def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> to
     local = torch.arange(2 * n, device=q.device)
     self_idx = local + 2 * n * rank()
     pos = self_idx + torch.where(local < n, n, -n)
-    kernel = _fused_ce_triton() if q.is_cuda else None
-    fused_ce = kernel or fused_ce_torch
+    # the Triton kernel takes fp32/bf16/fp16 rows of width <= 256; anything else stays in PyTorch
+    fits_kernel = q.is_cuda and q.dtype != torch.float64 and q.shape[1] <= 256
+    fused_ce = (_fused_ce_triton() if fits_kernel else None) or fused_ce_torch
     return fused_ce(q, k, pos, self_idx, 1.0 / temperature).mean()

@@ -39,7 +39,9 @@ def collapse_metrics(z: torch.Tensor) -> dict[str, torch.Tensor]:
     (Roy & Vetterli 2007), between 1 and min(B, d).
     """
     zn = F.normalize(z.detach().float(), dim=1)
-    zn = torch.where(torch.isfinite(zn), zn, 0.0)  # a NaN step must reach the loop's policy, not crash the SVD
+    zn = torch.where(
+        torch.isfinite(zn), zn, 0.0
+    )  # a NaN step must reach the loop's policy, not crash the SVD
     s = torch.linalg.svdvals(zn - zn.mean(0))
     p = s / s.sum().clamp_min(1e-12)
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
