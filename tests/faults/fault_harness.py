@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,22 +86,18 @@ class Job:
                 p.wait()
 
 
-def _popen(argv: list[str], env: dict[str, str], logs: Path, tag: str, rank: int | str,
-           preexec: Callable[[], None] | None = None) -> subprocess.Popen:
+def _popen(argv: list[str], env: dict[str, str], logs: Path, tag: str, rank: int | str) -> subprocess.Popen:
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{tag}.{rank}.out", "a") as out, open(logs / f"{tag}.{rank}.err", "a") as err:
         # a session of its own: signals can go to a rank's whole process group, as Slurm sends them
-        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=err, start_new_session=True,
-                                preexec_fn=preexec)
+        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=err, start_new_session=True)
 
 
 def spawn_ranks(args: list[str], logs: Path, tag: str, world_size: int = 2,
-                wrap: dict[int, list[str]] | None = None, env: dict[str, str] | None = None,
-                preexec: dict[int, Callable[[], None]] | None = None) -> Job:
+                wrap: dict[int, list[str]] | None = None, env: dict[str, str] | None = None) -> Job:
     """One process per rank with the torchrun variables set by hand (what srun + trainer/dist.py give):
     no agent watches them, so what a rank does when a peer fails is the trainer's own behaviour.
-    `wrap[rank]` replaces `python` by `python <wrapper script>` for that rank; `preexec[rank]` runs in
-    that rank's process before it starts (resource limits)."""
+    `wrap[rank]` replaces `python` by `python <wrapper script>` for that rank."""
     port = free_port()
     procs = []
     for rank in range(world_size):
@@ -110,7 +105,7 @@ def spawn_ranks(args: list[str], logs: Path, tag: str, world_size: int = 2,
                              LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                              **(env or {}))
         argv = [sys.executable, *(wrap or {}).get(rank, []), *args]
-        procs.append(_popen(argv, rank_env, logs, tag, rank, (preexec or {}).get(rank)))
+        procs.append(_popen(argv, rank_env, logs, tag, rank))
     return Job(procs, logs, tag)
 
 

@@ -7,7 +7,15 @@ import os
 import signal
 
 import pytest
-from fault_harness import checkpoint_steps, losses, metric_lines, resumed_step, spawn_ranks, tiny_args, wait_for_step
+from fault_harness import (
+    checkpoint_steps,
+    losses,
+    metric_lines,
+    resumed_step,
+    spawn_ranks,
+    tiny_args,
+    wait_for_step,
+)
 
 from trainer.checkpoint import EXIT_PREEMPTED
 

@@ -33,9 +33,10 @@ class Payload:
 
 def torch_loads(tree: ast.AST):
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load":
-            if isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
-                yield node
+        func = getattr(node, "func", None)
+        if isinstance(node, ast.Call) and isinstance(func, ast.Attribute) and func.attr == "load" \
+                and isinstance(func.value, ast.Name) and func.value.id == "torch":
+            yield node
 
 
 def test_every_torch_load_in_the_product_is_weights_only():
@@ -53,7 +54,7 @@ def plant_payload(reference, tmp_path: Path) -> tuple[Path, Path, Path]:
     """A copy of the reference run whose newest checkpoint file carries Payload; (run, file, marker)."""
     run_dir = tmp_path / "run"
     shutil.copytree(reference.run_dir, run_dir, ignore=shutil.ignore_patterns("tb"))
-    hostile = sorted((run_dir / "checkpoints").glob("step_*"))[-1] / "state.pt"
+    hostile = max((run_dir / "checkpoints").glob("step_*")) / "state.pt"
     marker = tmp_path / "payload_ran"
     torch.save({"model": Payload(marker), "step": 999}, hostile)
     return run_dir, hostile, marker
@@ -64,7 +65,8 @@ def test_the_payload_is_live_when_loaded_unsafely(reference, tmp_path):
     are refusals, not a harmless file."""
     _, hostile, marker = plant_payload(reference, tmp_path)
     code = f"import torch; torch.load({str(hostile)!r}, weights_only=False)"
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=clean_env(), capture_output=True, timeout=120)
+    subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, env=clean_env(), capture_output=True,
+                   timeout=120)
     assert marker.exists()
 
 
@@ -86,7 +88,7 @@ def test_export_skips_the_hostile_checkpoint_and_writes_safetensors(reference, t
     run_dir, hostile, marker = plant_payload(reference, tmp_path)
     out_file = tmp_path / "encoder.safetensors"
     out = subprocess.run([sys.executable, "-m", "trainer", "export", "--run", str(run_dir), "--out", str(out_file)],
-                         cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120)
+                         check=False, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert not marker.exists()
     assert str(hostile) in out.stderr
@@ -99,7 +101,7 @@ def test_export_skips_the_hostile_checkpoint_and_writes_safetensors(reference, t
 def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
     joined = re.sub(r"\\\n", " ", "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#")))
-    return [(m.group(1).upper(), m.group(2).strip()) for m in re.finditer(r"^\s*(\w+)\s+(.*)$", joined, re.M)]
+    return [(m.group(1).upper(), m.group(2).strip()) for m in re.finditer(r"^\s*(\w+)\s+(.*)$", joined, re.MULTILINE)]
 
 
 def test_dockerfile_runs_as_a_non_root_user():
