@@ -39,5 +39,8 @@ fi
 # without it in the list torchrun would die of SIGUSR1 and leave its workers behind.
 args+=(--signals-to-handle "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-100}"
+# torch keeps the agent's TCPStore across --max-restarts with no per-attempt key prefix, so a restarted
+# gloo group can read the dead attempt's rank-0 address (pytorch/pytorch#135712): one store per attempt.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE="${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}"
 
 exec "${PYTHON:-python}" -m torch.distributed.run "${args[@]}" -m trainer train "$@"

@@ -158,7 +158,7 @@ class Checkpointer:
                 "rng": rngs,
                 "config": to_dict(self.cfg),
             }
-            torch.save(state, tmp / STATE)
+            self._write(state, tmp, final)
         _barrier()
         if self.ctx.is_main:
             _fsync_tree(tmp)
@@ -170,6 +170,20 @@ class Checkpointer:
                 shutil.rmtree(old)
         _barrier()
         return final
+
+    @staticmethod
+    def _write(state: dict, tmp: Path, final: Path) -> None:
+        """torch.save through a Python file, so a failed write keeps its OSError (ENOSPC, EFBIG):
+        torch's own writer reports only "basic_ios::clear: iostream error"."""
+        try:
+            with open(tmp / STATE, "wb") as f:
+                torch.save(state, f)
+        except (OSError, RuntimeError) as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            cause = next((e for e in (err, err.__cause__, err.__context__) if isinstance(e, OSError) and e.errno), None)
+            reason = os.strerror(cause.errno) if cause is not None else f"{type(err).__name__}: {err}"
+            message = f"{final}: saving the checkpoint failed ({reason}); the previous checkpoint is kept"
+            raise (OSError(cause.errno, message) if cause is not None else OSError(message)) from err
 
     def resume(self, engine, probe=None) -> Position:
         """Load the latest valid checkpoint into engine / probe / RNG; Position() when there is none.

@@ -40,6 +40,7 @@ class AugConfig:
     """Knobs of the augmentation recipes; each method turns them into its ViewSpecs."""
 
     min_scale: float = 0.08  # random-resized-crop lower area bound for global views
+    flip_prob: float = 0.5  # horizontal flip; 0 for data that is not mirror-symmetric (digits, text)
     jitter_strength: float = 1.0  # multiplies colour jitter (0.4, 0.4, 0.4, 0.1)
     jitter_prob: float = 0.8
     gray_prob: float = 0.2

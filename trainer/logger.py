@@ -7,6 +7,7 @@ nothing) elsewhere, so the loop never asks which rank it is on (STYLE.md, princi
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -81,7 +82,9 @@ class Meter:
 
     Device scalars (loss, metrics) are summed where finite; a non-finite loss is counted and the
     first step it happened at recorded, all without leaving the device. `read()` all-reduces the
-    window over ranks (collective: every rank calls it at the same step).
+    window over ranks (collective: every rank calls it at the same step); a key with no finite value
+    in the window reads NaN (0.0 would read as a perfect loss). Counts set with `total` ride along in
+    the same all-reduce and read as their sum over ranks.
     """
 
     def __init__(self, device: torch.device):
@@ -92,6 +95,7 @@ class Meter:
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, torch.Tensor] = {}
         self.host: dict[str, list[float]] = {}
+        self.totals: dict[str, float] = {}
         self.nonfinite = torch.zeros((), device=self.device)
         self.first_nonfinite = torch.full((), float("inf"), device=self.device)
 
@@ -111,18 +115,25 @@ class Meter:
         for key, v in values.items():
             self.host.setdefault(key, []).append(v)
 
+    def total(self, key: str, value: float) -> None:
+        """A count this rank keeps itself (e.g. samples skipped so far), summed over ranks by `read()`."""
+        self.totals[key] = value
+
     def read(self) -> tuple[dict[str, float], int, int]:
         """(window means, non-finite steps, first non-finite step or -1), over all ranks; then reset."""
-        keys = sorted(self.sums)
-        packed = torch.stack([self.sums[k] for k in keys] + [self.counts[k].float() for k in keys] + [self.nonfinite])
+        keys, totals = sorted(self.sums), sorted(self.totals)
+        packed = torch.cat([torch.stack([self.sums[k] for k in keys] + [self.counts[k].float() for k in keys]
+                                        + [self.nonfinite]),
+                            torch.tensor([self.totals[k] for k in totals], dtype=torch.float32, device=self.device)])
         first = self.first_nonfinite.clone()
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(packed)
             torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
         values = packed.tolist()  # the host sync of the log cadence
         n = len(keys)
-        means = {k: values[i] / max(values[n + i], 1) for i, k in enumerate(keys)}
+        means = {k: values[i] / values[n + i] if values[n + i] else math.nan for i, k in enumerate(keys)}
         means.update({k: sum(v) / len(v) for k, v in self.host.items()})
+        means.update(zip(totals, values[2 * n + 1:]))
         first_step = first.item()
         self.reset()
-        return means, int(values[-1]), -1 if first_step == float("inf") else int(first_step)
+        return means, int(values[2 * n]), -1 if first_step == float("inf") else int(first_step)

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from trainer.checkpoint import EXIT_PREEMPTED, Checkpointer, Position, Preemption
 from trainer.config import Config, to_yaml
@@ -39,11 +43,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# gloo and NCCL raise a plain RuntimeError naming neither rank nor setting; these say where it came from
+COLLECTIVE_CODE = tuple(os.path.join("torch", *parts, "") for parts in (("distributed",), ("nn", "parallel"),
+                                                                          ("autograd",)))
+
+
+def from_collective(err: RuntimeError) -> bool:
+    """Whether `err` came out of a collective: torch.distributed's own, DDP's buffer broadcast, or the
+    gradient all-reduce that DDP and all_gather_with_grad run inside backward."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return isinstance(err, dist.DistError) or any(code in f.filename for f in frames for code in COLLECTIVE_CODE)
+
+
 def train(cfg: Config) -> int:
-    """Run (or resume) `cfg`'s pretraining; returns the process exit code (0, or EXIT_PREEMPTED)."""
+    """Run (or resume) `cfg`'s pretraining; returns the process exit code (0, 1, or EXIT_PREEMPTED).
+
+    A collective that fails (a peer died) or times out (a peer hangs) ends this rank with one line
+    naming it and engine.dist_timeout_s, instead of a traceback per rank that names neither."""
     ctx = init_distributed(cfg.engine.dist_timeout_s)
     try:
         return run(cfg, ctx)
+    except RuntimeError as err:
+        if not ctx.distributed or isinstance(err, NonFiniteLoss) or not from_collective(err):
+            raise
+        print(f"rank {ctx.global_rank} of {ctx.world_size}: a collective failed or timed out "
+              f"(engine.dist_timeout_s={cfg.engine.dist_timeout_s}): {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     finally:
         shutdown()
 
@@ -116,6 +141,7 @@ def run(cfg: Config, ctx: DistContext) -> int:
                     # the log cadence: the only host-device sync of the loop; also before every save,
                     # so a checkpoint never holds weights a non-finite step produced
                     elapsed = time.perf_counter() - window_start
+                    meter.total("data/corrupt_skipped", loader.stats["corrupt_skipped"])
                     values, nonfinite, first_bad = meter.read()
                     if nonfinite and cfg.train.nonfinite == "stop":
                         raise NonFiniteLoss(f"non-finite loss at step {first_bad} (train.nonfinite = stop; "

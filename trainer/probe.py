@@ -11,9 +11,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import get_total_norm
 
 from trainer.config import Config
 from trainer.dist import DistContext
+from trainer.engine.amp import step_if
 
 PROBE_LR = 1e-3
 
@@ -25,7 +27,10 @@ class OnlineProbe:
         self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=PROBE_LR, weight_decay=0.0)
 
     def step(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One step on features [B, D] and labels [B]; returns device scalars (no host sync)."""
+        """One step on features [B, D] and labels [B]; returns device scalars (no host sync).
+
+        Non-finite features (a step train.nonfinite = skip skips) leave the head and AdamW state as
+        they were, decided on the device."""
         logits = self.head(features.detach().float())
         loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
@@ -34,7 +39,11 @@ class OnlineProbe:
             for p in self.head.parameters():
                 dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
                 p.grad.div_(self.ctx.world_size)
-        self.optimizer.step()
+        # the gradients are the same on every rank after the all-reduce: a peer's non-finite
+        # features make every rank skip, so the heads stay identical
+        grads = [p.grad for p in self.head.parameters()]
+        ok = torch.isfinite(features).all() & torch.isfinite(loss) & torch.isfinite(get_total_norm(grads))
+        step_if(self.optimizer, ok)
         acc = (logits.detach().argmax(1) == labels).float().mean()
         return {"probe/loss": loss.detach(), "probe/acc": acc}
 

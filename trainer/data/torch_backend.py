@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -128,6 +129,14 @@ class _Schedule(Sampler):
         return len(self.items)
 
 
+def ignore_preemption_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn: Slurm signals a rank's whole process group, and a worker killed by
+    SIGTERM takes the main process down with it (exit 1) before it can save and exit 75. The main
+    process handles the signal; the workers end when it shuts the DataLoader down."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class TorchBackend:
     def __init__(self, samples: SampleIndex, views: list[ViewSpec], seed: int, global_rank: int,
                  device: torch.device, mean: list[float], std: list[float], workers: int, on_corrupt: str):
@@ -142,6 +151,7 @@ class TorchBackend:
             pin_memory=device.type == "cuda",
             persistent_workers=workers > 0,  # no worker start-up (and re-import) every epoch
             prefetch_factor=4 if workers > 0 else None,
+            worker_init_fn=ignore_preemption_signals,
         )
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255

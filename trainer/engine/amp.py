@@ -36,3 +36,10 @@ def step_if(optimizer: torch.optim.Optimizer, ok: torch.Tensor) -> None:
     for t in tensors():
         previous = before.get(id(t))
         t.copy_(torch.where(ok.to(t.device), t, previous if previous is not None else torch.zeros_like(t)))
+
+
+@torch.no_grad()
+def restore_unless(ok: torch.Tensor, tensors: list[torch.Tensor], before: list[torch.Tensor]) -> None:
+    """Set `tensors` back to their snapshot `before` where `ok` (0-dim bool) is False, on the device."""
+    for t, previous in zip(tensors, before):
+        t.copy_(torch.where(ok.to(t.device), t, previous))

@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 from trainer.config import Config
 from trainer.data.views import Batch
 from trainer.dist import DistContext
-from trainer.engine.amp import autocast, step_if
+from trainer.engine.amp import autocast, restore_unless, step_if
 from trainer.engine.plan import Plan
 from trainer.methods.base import MethodOutput
 from trainer.optim import build_optimizer
@@ -42,10 +42,13 @@ class DDPEngine:
 
         Gradients are all-reduced only during the last micro-batch's backward (`no_sync` before it).
         With grad clipping or the `skip` policy, the global grad norm is appended to the last
-        output's metrics as `grad_norm`.
+        output's metrics as `grad_norm`. A step the `skip` policy skips changes nothing: the module's
+        buffers (BatchNorm running stats, which a non-finite forward poisons) are restored too.
         """
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        buffers = list(self.module.buffers()) if self.skip_nonfinite else []
+        before = [b.clone() for b in buffers]
         outputs = []
         for i, batch in enumerate(batches):
             final = i == len(batches) - 1
@@ -69,6 +72,8 @@ class DDPEngine:
             step_if(self.optimizer, torch.isfinite(norm))
         else:
             self.optimizer.step()
+        if self.skip_nonfinite:
+            restore_unless(torch.isfinite(norm), buffers, before)
         self.optimizer.zero_grad(set_to_none=True)
         return outputs
 

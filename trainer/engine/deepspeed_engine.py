@@ -16,7 +16,7 @@ from torch import nn
 from trainer.config import Config
 from trainer.data.views import Batch
 from trainer.dist import DistContext
-from trainer.engine.amp import autocast
+from trainer.engine.amp import autocast, restore_unless
 from trainer.engine.plan import Plan
 from trainer.methods.base import MethodOutput
 from trainer.optim import build_optimizer
@@ -45,6 +45,7 @@ class DeepSpeedEngine:
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         _one_process_group(ctx)
         self.ctx, self.precision = ctx, plan.precision
+        self.skip_nonfinite = cfg.train.nonfinite == "skip"
         self.module = method.to(ctx.device)
         if cfg.engine.channels_last and ctx.device.type == "cuda":
             self.module = self.module.to(memory_format=torch.channels_last)
@@ -56,10 +57,15 @@ class DeepSpeedEngine:
 
     def step(self, batches: list[Batch], lr: float) -> list[MethodOutput]:
         """DeepSpeed's forward/backward/step per micro-batch; it reduces gradients and steps the
-        optimizer (with clipping) on the last micro-batch of `gradient_accumulation_steps`."""
+        optimizer (with clipping) on the last micro-batch of `gradient_accumulation_steps`.
+
+        Under the `skip` policy (fp16, see plan.py) DeepSpeed skips a step whose gradients overflow;
+        the module's buffers (BatchNorm running stats) are restored where a loss was not finite."""
         # ZeRO wraps our optimizer but keeps its param_group dicts: setting lr here is what it uses
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        buffers = list(self.module.buffers()) if self.skip_nonfinite else []
+        before = [b.clone() for b in buffers]
         outputs = []
         for batch in batches:
             if self.precision == "fp16":  # DeepSpeed's fp16 keeps the module in half precision
@@ -69,6 +75,9 @@ class DeepSpeedEngine:
             self.ds.backward(out.loss)
             self.ds.step()
             outputs.append(out)
+        if self.skip_nonfinite:
+            restore_unless(torch.isfinite(torch.stack([o.loss.detach().float() for o in outputs])).all(),
+                           buffers, before)
         return outputs
 
     def state_dict(self) -> dict:

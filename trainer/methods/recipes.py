@@ -19,6 +19,7 @@ def _colour(aug: AugConfig, size: int, scale: tuple[float, float], jitter: tuple
     return ViewSpec(
         size=size,
         scale=scale,
+        flip_prob=aug.flip_prob,
         jitter=tuple(aug.jitter_strength * j for j in jitter),
         jitter_prob=aug.jitter_prob,
         gray_prob=aug.gray_prob,
