@@ -2,12 +2,13 @@
 checkpoint file.
 
 The crash is real (SIGKILL, a half-written file left on disk); only its moment is made exact: the K-th
-`torch.save` into a `checkpoints/` folder writes the first half of its bytes, fsyncs them, and kills
+`torch.save` into a `checkpoints/` folder (a path or an open file) writes the first half of its bytes, fsyncs them, and kills
 the process, instead of the test racing a kill against a write that takes milliseconds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import runpy
@@ -25,14 +26,16 @@ saves = 0
 
 
 def save(obj, f, *args, **kwargs):
+    """torch.save, to a path or to an open file (trainer/checkpoint.py passes a file, for its errno)."""
     global saves
-    if isinstance(f, (str, os.PathLike)) and "checkpoints" in Path(f).parts:
+    name = f if isinstance(f, (str, os.PathLike)) else getattr(f, "name", "")
+    if "checkpoints" in Path(name).parts:
         saves += 1
         if saves == target:
             buffer = io.BytesIO()
             real_save(obj, buffer, *args, **kwargs)
             data = buffer.getvalue()
-            with open(f, "wb") as out:
+            with open(name, "wb") if f is name else contextlib.nullcontext(f) as out:
                 out.write(data[: len(data) // 2])
                 out.flush()
                 os.fsync(out.fileno())
