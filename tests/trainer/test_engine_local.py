@@ -1,4 +1,5 @@
-"""One process: gradient accumulation equals the large batch; the `skip` policy drops a NaN step."""
+"""One process: gradient accumulation equals the large batch; the `skip` policy drops a NaN step
+(weights, momentum, BatchNorm stats, online probe); the meter reads NaN where nothing was finite."""
 
 from __future__ import annotations
 
@@ -75,3 +76,53 @@ def test_skip_policy_leaves_weights_and_momentum_untouched():
     engine.step([Batch(data(2))], lr=plan.lr)  # and training goes on from there
     assert all(torch.isfinite(p).all() for p in engine.module.parameters())
     assert any(not torch.equal(p, b) for p, b in zip(engine.module.parameters(), before))
+
+
+class BatchNormMethod(PerSampleMethod):
+    """The toy method with a BatchNorm1d: a NaN forward poisons its running stats unless restored."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Flatten(), nn.Linear(48, 6), nn.BatchNorm1d(6), nn.Linear(6, 4))
+
+
+def test_skip_policy_restores_batchnorm_running_stats():
+    cfg = Config(optim=OptimConfig(name="sgd", base_lr=0.1), engine=EngineConfig(name="ddp"),
+                 train=TrainConfig(global_batch_size=16, nonfinite="skip"))
+    plan = make_plan(cfg, 1, torch.device("cpu"), loader_steps_per_epoch=100)
+    engine = build_engine(cfg, plan, BatchNormMethod(), DistContext())
+    engine.step([Batch(data(0))], lr=plan.lr)
+    before = {k: v.clone() for k, v in engine.module.state_dict().items()}
+    bad = data(1)
+    bad[0][3, 0, 0, 0] = float("nan")
+    engine.step([Batch(bad)], lr=plan.lr)
+    for key, value in engine.module.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    engine.step([Batch(data(2))], lr=plan.lr)
+    assert not torch.equal(engine.module.backbone[2].running_mean, before["backbone.2.running_mean"])
+
+
+def test_online_probe_skips_nonfinite_features():
+    from trainer.probe import OnlineProbe
+
+    probe = OnlineProbe(4, 3, DistContext())
+    labels = torch.tensor([0, 1, 2, 1])
+    probe.step(torch.randn(4, 4), labels)
+    before = {k: v.clone() for k, v in probe.head.state_dict().items()}
+    state = {k: v.clone() for k, v in probe.optimizer.state[probe.head.weight].items()}
+    out = probe.step(torch.full((4, 4), float("nan")), labels)
+    assert not torch.isfinite(out["probe/loss"])
+    assert all(torch.equal(v, before[k]) for k, v in probe.head.state_dict().items())
+    assert all(torch.equal(v, state[k]) for k, v in probe.optimizer.state[probe.head.weight].items())
+
+
+def test_meter_reads_nan_for_no_finite_value_and_sums_totals():
+    from trainer.logger import Meter
+
+    meter = Meter(torch.device("cpu"))
+    meter.add({"loss": torch.tensor(float("nan")), "acc": torch.tensor(0.5)})
+    meter.add({"loss": torch.tensor(float("inf")), "acc": torch.tensor(1.0)})
+    meter.total("data/corrupt_skipped", 3)
+    values, _, _ = meter.read()
+    assert torch.isnan(torch.tensor(values["loss"])) and values["acc"] == 0.75
+    assert values["data/corrupt_skipped"] == 3
