@@ -27,13 +27,21 @@ def _coin(p: float):
 
 def _colour_jitter(images, spec: ViewSpec, device: str):
     r = jitter_ranges(spec)
-    images = fn.brightness_contrast(images, brightness=fn.random.uniform(range=r["brightness"]))
-    # torchvision blends towards the image's mean grey; brightness_contrast's contrast_center is an
-    # argument (CPU only), so on the GPU the blend is written out arithmetically
-    c = _on(fn.random.uniform(range=r["contrast"]), device)
-    grey = fn.reductions.mean(fn.color_space_conversion(images, image_type=types.RGB, output_type=types.GRAY))
-    images = math.clamp(fn.cast(images, dtype=types.FLOAT) * c + grey * (1.0 - c), 0.0, 255.0)
-    images = fn.cast(images, dtype=types.UINT8)
+    b = fn.random.uniform(range=r["brightness"])
+    c = fn.random.uniform(range=r["contrast"])
+    if device == "cpu":
+        # torchvision: x -> b x, then a blend towards the mean grey m of b x: c b x + (1 - c) b m, which
+        # is brightness_contrast's b (center + c (x - center)) with center = mean grey of x: one op
+        grey = fn.reductions.mean(fn.color_space_conversion(images, image_type=types.RGB, output_type=types.GRAY))
+        images = fn.brightness_contrast(images, brightness=b, contrast=c, contrast_center=grey)
+    else:
+        # contrast_center is an argument input, which must live on the CPU: on the GPU the blend
+        # towards the mean grey is written out arithmetically
+        images = fn.brightness_contrast(images, brightness=b)
+        grey = fn.reductions.mean(fn.color_space_conversion(images, image_type=types.RGB, output_type=types.GRAY))
+        c = _on(c, device)
+        images = math.clamp(fn.cast(images, dtype=types.FLOAT) * c + grey * (1.0 - c), 0.0, 255.0)
+        images = fn.cast(images, dtype=types.UINT8)
     hue = [360.0 * h for h in r["hue"]]  # DALI's hue is in degrees, torchvision's a fraction of the circle
     return fn.hsv(images, saturation=fn.random.uniform(range=r["saturation"]), hue=fn.random.uniform(range=hue))
 
