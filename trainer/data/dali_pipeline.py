@@ -3,8 +3,9 @@
 encoded bytes (external_source, our sample order) -> decode once -> per view: random-resized crop ->
 flip -> colour jitter -> grayscale -> blur -> solarize -> rotation -> normalize. `op_device` is "gpu"
 (decoder "mixed") when there is a GPU and "cpu" otherwise: the same graph either way, so CPU-only
-CI runs the real DALI path. Per-sample probabilities are `if fn.random.coin_flip(...)` conditionals,
-which run an op only on the samples that drew it. `fn.jitter` (pixel jitter, GPU-only) is not
+CI runs the real DALI path. Per-sample probabilities of blur and solarize are `if fn.random.coin_flip(...)`
+conditionals, which run an op only on the samples that drew it; colour jitter and grayscale instead fold
+the coin into per-sample op parameters (identity when not drawn), which is cheaper on small images. `fn.jitter` (pixel jitter, GPU-only) is not
 used: no ViewSpec field asks for it. Conventions shared with the torch backend live in params.py.
 """
 
@@ -25,10 +26,26 @@ def _coin(p: float):
     return fn.random.coin_flip(probability=p, dtype=types.BOOL)
 
 
-def _colour_jitter(images, spec: ViewSpec, device: str):
+def _where(coin, value, identity: float):
+    """Per sample: `value` where the coin came up, else the op's identity parameter. Folding the
+    probability into the parameters runs the op on every sample but spares the batch split and
+    merge of a conditional, which costs more than the op on small CPU images."""
+    coin = fn.cast(coin, dtype=types.FLOAT)
+    return coin * value + (1.0 - coin) * identity
+
+
+def _colour(images, spec: ViewSpec, device: str):
+    """Colour jitter (p = jitter_prob) then grayscale (p = gray_prob), as two ops with per-sample
+    parameters. Grayscale is saturation 0 in the same hsv op: hsv works in YIQ, whose Y is the
+    BT.601 luma that grayscale conversion (and torchvision's rgb_to_grayscale) produces."""
     r = jitter_ranges(spec)
-    b = fn.random.uniform(range=r["brightness"])
-    c = fn.random.uniform(range=r["contrast"])
+    jitter = _coin(spec.jitter_prob)
+    b = _where(jitter, fn.random.uniform(range=r["brightness"]), 1.0)
+    c = _where(jitter, fn.random.uniform(range=r["contrast"]), 1.0)
+    saturation = _where(jitter, fn.random.uniform(range=r["saturation"]), 1.0)
+    if spec.gray_prob > 0:
+        saturation = saturation * (1.0 - fn.cast(_coin(spec.gray_prob), dtype=types.FLOAT))
+    hue = _where(jitter, fn.random.uniform(range=[360.0 * h for h in r["hue"]]), 0.0)  # degrees in DALI
     if device == "cpu":
         # torchvision: x -> b x, then a blend towards the mean grey m of b x: c b x + (1 - c) b m, which
         # is brightness_contrast's b (center + c (x - center)) with center = mean grey of x: one op
@@ -42,13 +59,7 @@ def _colour_jitter(images, spec: ViewSpec, device: str):
         c = _on(c, device)
         images = math.clamp(fn.cast(images, dtype=types.FLOAT) * c + grey * (1.0 - c), 0.0, 255.0)
         images = fn.cast(images, dtype=types.UINT8)
-    hue = [360.0 * h for h in r["hue"]]  # DALI's hue is in degrees, torchvision's a fraction of the circle
-    return fn.hsv(images, saturation=fn.random.uniform(range=r["saturation"]), hue=fn.random.uniform(range=hue))
-
-
-def _grayscale(images):
-    grey = fn.color_space_conversion(images, image_type=types.RGB, output_type=types.GRAY)
-    return fn.cat(grey, grey, grey, axis=2)
+    return fn.hsv(images, saturation=saturation, hue=hue)
 
 
 def _solarize(images):
@@ -64,10 +75,8 @@ def view_graph(images, spec: ViewSpec, device: str, mean: list[float], std: list
     if spec.flip_prob > 0:
         images = fn.flip(images, horizontal=fn.random.coin_flip(probability=spec.flip_prob))
     # `p > 0` is decided while building the graph; the coin flip per sample, while running it
-    if spec.jitter_prob > 0 and _coin(spec.jitter_prob):
-        images = _colour_jitter(images, spec, device)
-    if spec.gray_prob > 0 and _coin(spec.gray_prob):
-        images = _grayscale(images)
+    if spec.jitter_prob > 0 or spec.gray_prob > 0:
+        images = _colour(images, spec, device)
     if spec.blur_prob > 0 and _coin(spec.blur_prob):
         images = fn.gaussian_blur(images, window_size=blur_kernel_size(spec.size),
                                   sigma=fn.random.uniform(range=list(spec.blur_sigma)))
