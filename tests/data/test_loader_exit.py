@@ -1,17 +1,18 @@
-"""A process holding a live torch-backend iterator exits promptly.
+"""A process whose torch-backend workers are still alive exits promptly.
 
-Its DataLoader workers ignore SIGTERM (so Slurm's signal to the process group reaches only the
-trainer), which makes multiprocessing's exit hook, SIGTERM-then-join, wait on them forever unless
-the backend shuts them down first. This hung `pytest` after its last test.
+The workers ignore SIGTERM (so Slurm's signal to the process group reaches only the trainer),
+which makes multiprocessing's exit hook, SIGTERM-then-join, wait on them forever unless the backend
+stops them first. This hung `pytest` after its last test: an iterator outlived its loader.
 """
 
 import subprocess
 import sys
 import textwrap
 
+import pytest
 from shardkit import coded_dataset
 
-SCRIPT = textwrap.dedent("""
+LIVE_BACKEND = textwrap.dedent("""
     import sys
     from trainer.config import DataConfig
     from trainer.data import build_loader
@@ -24,10 +25,21 @@ SCRIPT = textwrap.dedent("""
     print("exiting with live workers", flush=True)
 """)
 
+ORPHAN_ITERATOR = textwrap.dedent("""
+    from torch.utils.data import DataLoader
+    from trainer.data.torch_backend import ignore_preemption_signals
 
-def test_process_with_live_workers_exits(tmp_path):
+    batches = iter(DataLoader(range(64), num_workers=2, worker_init_fn=ignore_preemption_signals))
+    next(batches)  # the DataLoader object is gone; its iterator and workers are not
+    print("exiting with live workers", flush=True)
+""")
+
+
+@pytest.mark.parametrize("script", [LIVE_BACKEND, ORPHAN_ITERATOR], ids=["live-backend", "orphan-iterator"])
+def test_process_with_live_workers_exits(tmp_path, script):
     root = coded_dataset(tmp_path, 64)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(root)], capture_output=True, text=True, timeout=60,
+    proc = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True, timeout=60,
                           check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "exiting with live workers" in proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]

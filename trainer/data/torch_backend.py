@@ -12,8 +12,8 @@ from __future__ import annotations
 import atexit
 import functools
 import io
+import multiprocessing
 import signal
-import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -134,20 +134,24 @@ class _Schedule(Sampler):
 def ignore_preemption_signals(worker_id: int) -> None:
     """DataLoader worker_init_fn: Slurm signals a rank's whole process group, and a worker killed by
     SIGTERM takes the main process down with it (exit 1) before it can save and exit 75. The main
-    process handles the signal; the workers end when it shuts the DataLoader down (`_stop_workers`)."""
+    process handles the signal; the workers end when it shuts the DataLoader down (`_kill_workers_at_exit`)."""
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
 
 
-def _stop_workers(loader_ref: weakref.ref) -> None:
-    """At interpreter exit, shut a live persistent iterator's workers down through their queues.
+def _kill_workers_at_exit() -> None:
+    """multiprocessing's exit hook SIGTERMs its daemonic children (DataLoader workers) and joins them;
+    these workers ignore SIGTERM, so it would wait forever on any worker still alive at exit (a
+    persistent iterator, or one kept by a traceback after its loader is gone). Registered after
+    multiprocessing's hook, this one runs first and does what it means with SIGKILL; the DataLoader's
+    SIGCHLD check is switched off first, since a worker killed at exit is no failure."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
 
-    multiprocessing's own exit hook stops daemonic children with SIGTERM, which these workers ignore,
-    and then joins them: it would wait forever. This hook is registered after multiprocessing's, so
-    atexit runs it first."""
-    loader = loader_ref()
-    if loader is not None and loader._iterator is not None:
-        loader._iterator._shutdown_workers()
+
+atexit.register(_kill_workers_at_exit)
 
 
 class TorchBackend:
@@ -166,8 +170,6 @@ class TorchBackend:
             prefetch_factor=4 if workers > 0 else None,
             worker_init_fn=ignore_preemption_signals,
         )
-        if workers > 0:
-            atexit.register(_stop_workers, weakref.ref(self.loader))
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
 
