@@ -137,11 +137,3 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     return _GatherWithGrad.apply(x)
 
-
-def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
-    """[n, ...] -> [W*n, ...] without gradient (features for kNN banks, metrics)."""
-    if world_size() == 1:
-        return x
-    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, x.contiguous())
-    return torch.cat(out, dim=0)
