@@ -1,19 +1,22 @@
 """Input-pipeline throughput: two-view SimCLR batches per second, our backends vs a plain baseline.
 
-    python benchmarks/loader_throughput.py [--images 3000] [--sizes 96 64] [--batch 64] [--workers 2]
+    python benchmarks/loader_throughput.py [--images 3000] [--sizes 96 64] [--batch 64] [--workers 2] [--rounds 3]
 
 Makes a synthetic dataset of JPEGs (STL-10-like, 96 px), written both as shards (our loader) and as
 an ImageFolder tree (the baseline a user would otherwise write: torchvision ImageFolder + PIL
-transforms in DataLoader workers). Each row times `--batches` batches after `--warmup` batches; the
-DALI row runs on the GPU when there is one, else the same graph on the CPU. Prints a table and writes
-benchmarks/results/loader_<device>_<date>.json with the rows and ratio_vs_baseline per size (best of
-our backends over the baseline, same run).
+transforms in DataLoader workers). Each measurement starts a fresh loader, reads `--warmup` batches,
+then times `--batches`; the implementations take turns for `--rounds` rounds, so a slow spell of a
+shared machine hits all of them, and each row reports the median round. The DALI row runs on the GPU
+when there is one, else the same graph on the CPU. Prints a table and writes
+benchmarks/results/loader_<device>_<date>.json with the rows and ratio_vs_baseline per size (best
+of our backends' medians over the baseline's, same run).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import hashlib
 import io
 import json
@@ -153,7 +156,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers / DALI threads, all rows")
     parser.add_argument("--warmup", type=int, default=5, help="batches before timing")
-    parser.add_argument("--batches", type=int, default=30, help="timed batches per row")
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per row, taken in turns; the median is kept")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
@@ -163,16 +167,22 @@ def main() -> None:
         shards, folder = make_dataset(Path(tmp), args.images)
         for size in args.sizes:
             spec = simclr_view(size)
+            common = {"spec": spec, "batch": args.batch, "workers": args.workers, "device": device}
             impls = {
-                f"dali-{device.type}": our_batches(shards, "dali", spec, args.batch, args.workers, device),
-                "torch": our_batches(shards, "torch", spec, args.batch, args.workers, device),
-                "baseline-imagefolder-pil": baseline_batches(folder, spec, args.batch, args.workers, device),
+                f"dali-{device.type}": functools.partial(our_batches, shards, "dali", **common),
+                "torch": functools.partial(our_batches, shards, "torch", **common),
+                "baseline-imagefolder-pil": functools.partial(baseline_batches, folder, **common),
             }
-            for impl, batches in impls.items():
-                rate = measure(batches, args.batch, args.warmup, args.batches, device)
-                batches.close()  # stop its workers before the next row is timed
-                rows.append({"impl": impl, "size": size, "batch": args.batch, "img_per_s": round(rate, 1)})
-                print(f"{impl:>26} {size:>4}px batch {args.batch:>4}: {rate:8.1f} img/s", flush=True)
+            rounds = {impl: [] for impl in impls}
+            for r in range(args.rounds):
+                for impl, start in impls.items():
+                    batches = start()
+                    rounds[impl].append(round(measure(batches, args.batch, args.warmup, args.batches, device), 1))
+                    batches.close()  # stop its workers before the next one is timed
+                    print(f"round {r + 1}: {impl:>26} {size:>4}px batch {args.batch:>4}: "
+                          f"{rounds[impl][-1]:8.1f} img/s", flush=True)
+            rows += [{"impl": impl, "size": size, "batch": args.batch, "img_per_s": float(np.median(rates)),
+                      "rounds": rates} for impl, rates in rounds.items()]
 
     ratios = {}
     for size in args.sizes:
@@ -180,13 +190,13 @@ def main() -> None:
         baseline = by_impl.pop("baseline-imagefolder-pil")
         ratios[str(size)] = round(max(by_impl.values()) / baseline, 2)
     name = device_name(device)
-    print(f"\n{'impl':>26} {'size':>5} {'batch':>6} {'img/s':>9}")
+    print(f"\n{'impl':>26} {'size':>5} {'batch':>6} {'img/s':>9}  rounds")
     for r in rows:
-        print(f"{r['impl']:>26} {r['size']:>5} {r['batch']:>6} {r['img_per_s']:>9.1f}")
+        print(f"{r['impl']:>26} {r['size']:>5} {r['batch']:>6} {r['img_per_s']:>9.1f}  {r['rounds']}")
     print(f"best backend / baseline: {ratios}  ({name}, {args.images} images, {args.workers} workers)")
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"bench": "loader_throughput", "device": name, "date": datetime.date.today().isoformat(),
-              "torch": torch.__version__, "images": args.images, "workers": args.workers,
+              "torch": torch.__version__, "images": args.images, "workers": args.workers, "rounds": args.rounds,
               "views": 2, "rows": rows, "ratio_vs_baseline": ratios}
     path = args.out / f"loader_{name}_{result['date']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

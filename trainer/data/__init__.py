@@ -4,7 +4,7 @@
     for step, batch in enumerate(loader.epoch(epoch, start_step), start=start_step): ...
 
 Which samples a rank reads is decided in sampling.py (the same for both backends); `data.backend`
-picks who decodes and augments: "torch" (DataLoader workers, torchvision v2) or "dali" (on the GPU,
+picks who decodes and augments: "torch" (DataLoader workers, PIL + batched tensor ops) or "dali" (on the GPU,
 or the same graph on the CPU). The DALI backend is imported only when asked for.
 """
 

@@ -1,16 +1,17 @@
-"""The torch backend: decode + torchvision.transforms.v2 in DataLoader workers, normalize on the device.
+"""The torch backend: PIL decode + batched augmentation (batch_augment.py) in DataLoader workers,
+normalize on the device.
 
-Each DataLoader item is one whole batch (epoch, step, sample indices) from sampling.Plan. The worker
-seeds torch's RNG from (seed, global_rank, epoch, step) before augmenting it, so a batch's pixels do
+Each DataLoader item is one whole batch (epoch, step, sample indices) from sampling.Plan. Its random
+parameters come from a generator seeded by (seed, global_rank, epoch, step), so a batch's pixels do
 not depend on the number of workers, and resuming at `start_step` costs nothing: skipped batches
-are never produced. Workers return uint8 (a quarter of float32's bytes through shared and pinned
-memory); the float conversion and normalization run on the target device.
+are never produced. For a GPU, workers return uint8 (a quarter of float32's bytes through shared and
+pinned memory) and the GPU normalizes; for the CPU, the main process is the trainer, so the workers
+normalize too.
 """
 
 from __future__ import annotations
 
 import atexit
-import functools
 import io
 import multiprocessing
 import signal
@@ -20,73 +21,38 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 
-from trainer.data.params import SOLARIZE_THRESHOLD, blur_kernel_size, jitter_ranges
+from trainer.data.batch_augment import crop_views, draw_params, photometric
 from trainer.data.samples import SampleIndex
 from trainer.data.sampling import epoch_seed
 from trainer.data.views import ViewSpec
 
-
-class FixedOrderJitter:
-    """Colour jitter in the order brightness, contrast, saturation, hue (see params.py for why)."""
-
-    def __init__(self, spec: ViewSpec):
-        self.ranges = jitter_ranges(spec)
-
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        b, c, s, h = (float(torch.empty(1).uniform_(*self.ranges[k])) for k in self.ranges)
-        img = F.adjust_brightness(img, b)
-        img = F.adjust_contrast(img, c)
-        img = F.adjust_saturation(img, s)
-        return F.adjust_hue(img, h)
-
-
-def view_transform(spec: ViewSpec) -> v2.Compose:
-    """The ViewSpec as torchvision v2 ops on a uint8 [3, H, W] tensor (order as in ViewSpec's docstring)."""
-    ops = [v2.RandomResizedCrop(spec.size, scale=spec.scale, ratio=spec.ratio, antialias=True)]
-    if spec.flip_prob > 0:
-        ops.append(v2.RandomHorizontalFlip(spec.flip_prob))
-    if spec.jitter_prob > 0:
-        ops.append(v2.RandomApply([FixedOrderJitter(spec)], p=spec.jitter_prob))
-    if spec.gray_prob > 0:
-        ops.append(v2.RandomGrayscale(spec.gray_prob))
-    if spec.blur_prob > 0:
-        blur = v2.GaussianBlur(blur_kernel_size(spec.size), sigma=spec.blur_sigma)
-        ops.append(v2.RandomApply([blur], p=spec.blur_prob))
-    if spec.solarize_prob > 0:
-        ops.append(v2.RandomSolarize(SOLARIZE_THRESHOLD, p=spec.solarize_prob))
-    if spec.rotation % 360:
-        # rot90 turns counter-clockwise for k > 0, like torchvision's rotate and DALI's
-        ops.append(functools.partial(torch.rot90, k=spec.rotation // 90, dims=(-2, -1)))
-    return v2.Compose(ops)
-
-
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def decode_rgb(data: bytes) -> torch.Tensor:
-    """JPEG/PNG bytes -> uint8 [3, H, W]; grayscale, CMYK and alpha images become RGB.
+def decode_rgb(data: bytes) -> Image.Image:
+    """JPEG/PNG bytes -> a decoded RGB image; grayscale, CMYK and alpha images become RGB.
 
     PIL, not torchvision.io: torchvision 0.29 deprecates its decoders (in favour of torchcodec).
     """
     with Image.open(io.BytesIO(data)) as image:
-        return F.pil_to_tensor(image.convert("RGB"))
+        return image.convert("RGB")  # convert decodes: a corrupt body raises here
 
 
 class BatchViews(Dataset):
-    """Item (epoch, step, indices) -> (views: V x uint8 [B, 3, H, W], labels int64 [B], corrupt count).
+    """Item (epoch, step, indices) -> (views: V x [B, 3, H, W], labels int64 [B], corrupt count); views are
+    uint8, or float32 normalized when `normalize` = (mean, std) shaped [1, 3, 1, 1] is given.
 
     An undecodable sample raises (on_corrupt="fail") or is skipped and counted, its place taken by the
     next decodable sample in manifest order, so every rank's batch keeps the same shape.
     """
 
-    def __init__(self, samples: SampleIndex, views: list[ViewSpec], seed: int, global_rank: int, on_corrupt: str):
+    def __init__(self, samples: SampleIndex, views: list[ViewSpec], seed: int, global_rank: int, on_corrupt: str,
+                 normalize: tuple[torch.Tensor, torch.Tensor] | None):
         self.samples, self.seed, self.global_rank, self.on_corrupt = samples, seed, global_rank, on_corrupt
-        self.transforms = [view_transform(v) for v in views]
+        self.views, self.normalize = views, normalize
 
-    def _decode(self, i: int) -> tuple[torch.Tensor, int, int]:
+    def _decode(self, i: int) -> tuple[Image.Image, int, int]:
         """(image, index actually used, samples skipped)."""
         n = len(self.samples)
         for skipped in range(n):
@@ -101,18 +67,20 @@ class BatchViews(Dataset):
 
     def __getitem__(self, item: tuple[int, int, np.ndarray]) -> tuple[list[torch.Tensor], torch.Tensor, int]:
         epoch, step, indices = item
-        views: list[list[torch.Tensor]] = [[] for _ in self.transforms]
-        used, corrupt = [], 0
-        with torch.random.fork_rng(devices=[]):  # num_workers=0 runs here in the main process
-            torch.manual_seed(epoch_seed(self.seed, self.global_rank, epoch, step))
-            for i in indices:
-                image, j, skipped = self._decode(int(i))
-                used.append(j)
-                corrupt += skipped
-                for out, transform in zip(views, self.transforms):
-                    out.append(transform(image))
+        images, used, corrupt = [], [], 0
+        for i in indices:
+            image, j, skipped = self._decode(int(i))
+            images.append(image)
+            used.append(j)
+            corrupt += skipped
+        rng = np.random.default_rng(epoch_seed(self.seed, self.global_rank, epoch, step))
+        sizes = np.array([image.size for image in images])
+        views = []
+        for spec in self.views:
+            params = draw_params(rng, spec, sizes)
+            views.append(photometric(crop_views(images, params, spec.size), params, spec, self.normalize))
         labels = torch.from_numpy(self.samples.labels[used])
-        return [torch.stack(v) for v in views], labels, corrupt
+        return views, labels, corrupt
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -160,8 +128,11 @@ class TorchBackend:
         self.device = device
         self.stats = {"corrupt_skipped": 0}
         self.schedule = _Schedule()
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.loader = DataLoader(
-            BatchViews(samples, views, seed, global_rank, on_corrupt),
+            BatchViews(samples, views, seed, global_rank, on_corrupt,
+                       None if device.type == "cuda" else (self.mean.cpu(), self.std.cpu())),
             batch_size=None,  # items are whole batches
             sampler=self.schedule,
             num_workers=workers,
@@ -170,8 +141,6 @@ class TorchBackend:
             prefetch_factor=4 if workers > 0 else None,
             worker_init_fn=ignore_preemption_signals,
         )
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
 
     def run(self, batches: list[np.ndarray], epoch: int, start_step: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
         self.schedule.items = [(epoch, s, batches[s]) for s in range(start_step, len(batches))]
@@ -180,7 +149,7 @@ class TorchBackend:
             yield [self._normalize(v) for v in views], labels.to(self.device, non_blocking=True)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        if x.is_cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return (x.float() - self.mean) / self.std
+        if x.is_floating_point():  # normalized by the workers
+            return x.to(self.device, non_blocking=True)
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return (x.float() / 255 - self.mean) / self.std
