@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 SHARDS  ?= shards
 RUN     ?= demo_digits_simclr
 
-.PHONY: demo test test-fast lint slurm-deps gpu-check clean
+.PHONY: demo test test-fast lint slurm-deps gpu-check gpu-tests gpu-loss gpu-loader gpu-step clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,15 +32,31 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-## on a lent GPU machine (a python with torch >= 2.11 and CUDA; the project installed with --no-deps):
-## the gpu-marked tests, then the loss and step benchmarks, JSON written to benchmarks/results/
-GPU_PY ?= python3
-gpu-check:
+## on a GPU machine (a python with torch >= 2.11 and CUDA; the project installed with --no-deps): the gpu-marked
+## tests, then the loss, loader and step benchmarks (JSON to benchmarks/results/); each part also runs alone
+GPU_PY   ?= python3
+GPU_DATA ?= /tmp/sslscale_bench_data
+gpu-check: gpu-tests gpu-loss gpu-loader gpu-step
+
+gpu-tests:
 	$(GPU_PY) -m pytest -q -ra -m gpu tests
+
+gpu-loss:
 	$(GPU_PY) -m benchmarks.loss
 	$(GPU_PY) -m benchmarks.loss --matmul-precision high --out-dir benchmarks/results/tf32
-	$(GPU_PY) -m benchmarks.step --models resnet18@96 --batch-size 256 --precision fp32,bf16 --compile off,on
+
+gpu-loader:
+	$(GPU_PY) -m benchmarks.loader_throughput --sizes 96 64 --batch 256 --workers 8 --images 20000 --batches 40
+
+$(GPU_DATA)/shards/manifest.json:
+	$(GPU_PY) -m benchmarks.synthetic_shards --out $(GPU_DATA) --images 20000
+
+gpu-step: $(GPU_DATA)/shards/manifest.json
+	$(GPU_PY) -m benchmarks.step --models resnet18@96 --batch-size 256 --precision fp32,bf16 --compile off,on \
+	    --shards $(GPU_DATA)/shards --backend dali --workers 8
 	$(GPU_PY) -m benchmarks.step --models resnet50@224 --batch-size 128 --precision bf16 --compile off,on
+	$(GPU_PY) -m benchmarks.profile_step --shards $(GPU_DATA)/shards --backend dali --model resnet18@96 \
+	    --batch-size 256 --precision bf16 --workers 8
 
 slurm-deps:
 	bash launch/slurm/install_test_slurm.sh

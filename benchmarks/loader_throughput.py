@@ -1,10 +1,10 @@
 """Input-pipeline throughput: two-view SimCLR batches per second, our backends vs a plain baseline.
 
-    python benchmarks/loader_throughput.py [--images 3000] [--sizes 96 64] [--batch 64] [--workers 2] [--rounds 3]
+    python -m benchmarks.loader_throughput [--images 3000] [--sizes 96 64] [--batch 64] [--workers 2] [--rounds 3]
 
-Makes a synthetic dataset of JPEGs (STL-10-like, 96 px), written both as shards (our loader) and as
-an ImageFolder tree (the baseline a user would otherwise write: torchvision ImageFolder + PIL
-transforms in DataLoader workers). Each measurement starts a fresh loader, reads `--warmup` batches,
+Makes a synthetic dataset of JPEGs (STL-10-like, 96 px; synthetic_shards.py), written both as shards
+(our loader) and as an ImageFolder tree (the baseline a user would otherwise write: torchvision
+ImageFolder + PIL transforms in DataLoader workers). Each measurement starts a fresh loader, reads `--warmup` batches,
 then times `--batches`; the implementations take turns for `--rounds` rounds, so a slow spell of a
 shared machine hits all of them, and each row reports the median round. The DALI row runs on the GPU
 when there is one, else the same graph on the CPU. Prints a table and writes
@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import hashlib
-import io
 import json
 import os
 import tempfile
@@ -27,64 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
-from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from data_prep.manifest import write_manifest
-from data_prep.wds_index import write_index
+from benchmarks.synthetic_shards import make_dataset
 from trainer.config import DataConfig
 from trainer.data import build_loader
 from trainer.data.params import blur_kernel_size
 from trainer.data.views import ViewSpec
 from trainer.dist import DistContext
-
-SOURCE_PX = 96
-CLASSES = 10
-
-
-def synthetic_images(n: int, seed: int = 0):
-    """Smooth random colour fields with noise: JPEG sizes close to natural 96 px photos."""
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        low = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
-        image = Image.fromarray(low).resize((SOURCE_PX, SOURCE_PX), Image.BICUBIC)
-        pixels = np.asarray(image, dtype=np.int16) + rng.integers(-20, 21, (SOURCE_PX, SOURCE_PX, 3))
-        buffer = io.BytesIO()
-        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
-        yield buffer.getvalue(), i % CLASSES
-
-
-def make_dataset(root: Path, n: int, per_shard: int = 1000) -> tuple[Path, Path]:
-    """-> (shard folder with manifest, ImageFolder root) holding the same JPEG bytes."""
-    shards_dir, folder = root / "shards", root / "folder"
-    shards_dir.mkdir(parents=True)
-    for c in range(CLASSES):
-        (folder / str(c)).mkdir(parents=True)
-    entries, writer, count = [], None, 0
-    for i, (data, label) in enumerate(synthetic_images(n)):
-        if i % per_shard == 0:
-            if writer:
-                writer.close()
-            tar = shards_dir / f"train-{len(entries):06d}.tar"
-            writer, count = wds.TarWriter(str(tar)), 0
-            entries.append({"file": tar.name, "index": tar.stem + ".idx", "num_samples": 0})
-        writer.write({"__key__": f"s{i:06d}", "jpg": data, "cls": str(label)})
-        entries[-1]["num_samples"] = count = count + 1
-        (folder / str(label) / f"s{i:06d}.jpg").write_bytes(data)
-    writer.close()
-    for entry in entries:
-        tar = shards_dir / entry["file"]
-        write_index(tar)
-        entry["sha256"] = hashlib.sha256(tar.read_bytes()).hexdigest()
-    write_manifest(shards_dir, {
-        "dataset": "synthetic", "classes": [str(c) for c in range(CLASSES)],
-        "class_names": {str(c): str(c) for c in range(CLASSES)},
-        "splits": {"train": {"num_samples": n, "labeled": True, "shards": entries}},
-        "image_size": [SOURCE_PX, SOURCE_PX], "format": "jpg", "source": {"format": "synthetic"},
-        "verified": True})  # generated here from PIL-encoded bytes
-    return shards_dir, folder
 
 
 def simclr_view(size: int) -> ViewSpec:

@@ -21,13 +21,16 @@ from trainer.data.views import ViewSpec
 from trainer.dist import DistContext
 
 IMAGES, VIEWS, SIZE, OUT = 48, 8, 64, 16  # n = 384 draws per backend
+# where the DALI graph runs: its CPU mode everywhere, its GPU ops (a different colour path) on a GPU
+DALI_DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device")])]
 
 
-def draw(root, backend, spec):
+def draw(root, backend, spec, device="cpu"):
     data = DataConfig(shards=str(root), backend=backend, workers=1, mean=MEAN, std=STD)
-    loader = build_loader(data, [spec] * VIEWS, DistContext(), 16, seed=3)
+    loader = build_loader(data, [spec] * VIEWS, DistContext(device=torch.device(device)), 16, seed=3)
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
-    return torch.cat([(v * std + mean) * 255 for b in loader.epoch(0) for v in b.views]).double()
+    return torch.cat([(v.cpu() * std + mean) * 255 for b in loader.epoch(0) for v in b.views]).double()
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +51,10 @@ def geometry(views: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"area": w * h / SIZE**2, "log_ratio": torch.log(w / h), "flipped": (dx < 0).double()}
 
 
-def test_crop_geometry_and_flips_match(gradient):
+@pytest.mark.parametrize("dali_device", DALI_DEVICES)
+def test_crop_geometry_and_flips_match(gradient, dali_device):
     spec = ViewSpec(size=OUT, jitter_prob=0, gray_prob=0)
-    g = {b: geometry(draw(gradient, b, spec)) for b in ("torch", "dali")}
+    g = {"torch": geometry(draw(gradient, "torch", spec)), "dali": geometry(draw(gradient, "dali", spec, dali_device))}
     for backend, stats in g.items():
         # sanity against the definition: area in [0.08, 1], ratio in [3/4, 4/3] (crops are whole pixels)
         assert stats["area"].min() > 0.06 and stats["area"].max() < 1.03, backend
@@ -77,11 +81,12 @@ def colourful(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("colourful"), [(blob, "png", 0)] * IMAGES, verified=True)
 
 
-def test_colour_statistics_match(colourful):
+@pytest.mark.parametrize("dali_device", DALI_DEVICES)
+def test_colour_statistics_match(colourful, dali_device):
     spec = ViewSpec(size=OUT, scale=(1, 1), ratio=(1, 1), flip_prob=0)  # SimCLR jitter p=0.8, grey p=0.2
     stats = {}
     for backend in ("torch", "dali"):
-        views = draw(colourful, backend, spec)
+        views = draw(colourful, backend, spec, dali_device if backend == "dali" else "cpu")
         per_image = views.mean(dim=(2, 3))  # [n, 3] mean colour of each view
         grey = (views.amax(1) - views.amin(1)).amax(dim=(1, 2)) < 2  # R = G = B everywhere
         stats[backend] = {"mean": per_image.mean(0), "spread": per_image.std(0), "grey": grey.double().mean(),
