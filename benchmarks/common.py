@@ -6,6 +6,7 @@ Results go to `benchmarks/results/<bench>_<device>_<YYYY-MM-DD>.json`:
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import datetime
 import gc
@@ -20,6 +21,20 @@ from typing import ClassVar
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """--device, --threads and --out-dir, the same in every benchmark."""
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 keeps torch's default")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    """The device the arguments name, with torch's CPU threads set as asked."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return pick_device(args.device)
 
 
 def pick_device(name: str) -> torch.device:
@@ -129,8 +144,9 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 
 
 def write_results(
-    bench: str, device: torch.device, meta: dict, rows: list[dict], out_dir: Path = RESULTS
+    bench: str, device: torch.device, meta: dict, rows: list[dict], out_dir: Path = RESULTS, **summary
 ) -> Path:
+    """`summary`: top-level keys beside the rows (e.g. ratio_vs_baseline)."""
     date = datetime.date.today().isoformat()
     label = device_label(device)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -141,6 +157,7 @@ def write_results(
         "date": date,
         "torch": torch.__version__,
         "meta": meta,
+        **summary,
         "rows": rows,
     }
     path.write_text(json.dumps(doc, indent=1) + "\n")

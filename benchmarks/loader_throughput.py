@@ -4,10 +4,10 @@
 
 Makes a synthetic dataset of JPEGs (STL-10-like, 96 px; synthetic_shards.py), written both as shards
 (our loader) and as an ImageFolder tree (the baseline a user would otherwise write: torchvision
-ImageFolder + PIL transforms in DataLoader workers). Each measurement starts a fresh loader, reads `--warmup` batches,
-then times `--batches`; the implementations take turns for `--rounds` rounds, so a slow spell of a
-shared machine hits all of them, and each row reports the median round. The DALI row runs on the GPU
-when there is one, else the same graph on the CPU. Prints a table and writes
+ImageFolder + PIL transforms in DataLoader workers). Each measurement starts a fresh loader, reads
+`--warmup` batches, then times `--batches`; the implementations take turns for `--rounds` rounds, so
+a slow spell of a shared machine hits all of them, and each row reports the median round. The DALI
+row runs on the GPU when there is one, else the same graph on the CPU. Prints a table and writes
 benchmarks/results/loader_<device>_<date>.json with the rows and ratio_vs_baseline per size (best
 of our backends' medians over the baseline's, same run).
 """
@@ -15,10 +15,7 @@ of our backends' medians over the baseline's, same run).
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
-import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+from benchmarks.common import add_common_args, device_label, print_table, setup, write_results
 from benchmarks.synthetic_shards import make_dataset
 from trainer.config import DataConfig
 from trainer.data import build_loader
@@ -92,12 +90,6 @@ def measure(batches, batch: int, warmup: int, timed: int, device: torch.device) 
     return timed * batch / (time.perf_counter() - start)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device).lower().replace("nvidia ", "").replace(" ", "-")
-    return f"cpu-{len(os.sched_getaffinity(0))}core"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=3000, help="synthetic dataset size")
@@ -107,10 +99,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="batches before timing")
     parser.add_argument("--batches", type=int, default=30, help="timed batches per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per row, taken in turns; the median is kept")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    add_common_args(parser)
     args = parser.parse_args()
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = setup(args)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         shards, folder = make_dataset(Path(tmp), args.images)
@@ -138,18 +129,12 @@ def main() -> None:
         by_impl = {r["impl"]: r["img_per_s"] for r in rows if r["size"] == size}
         baseline = by_impl.pop("baseline-imagefolder-pil")
         ratios[str(size)] = round(max(by_impl.values()) / baseline, 2)
-    name = device_name(device)
-    print(f"\n{'impl':>26} {'size':>5} {'batch':>6} {'img/s':>9}  rounds")
-    for r in rows:
-        print(f"{r['impl']:>26} {r['size']:>5} {r['batch']:>6} {r['img_per_s']:>9.1f}  {r['rounds']}")
-    print(f"best backend / baseline: {ratios}  ({name}, {args.images} images, {args.workers} workers)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = {"bench": "loader_throughput", "device": name, "date": datetime.date.today().isoformat(),
-              "torch": torch.__version__, "images": args.images, "workers": args.workers, "rounds": args.rounds,
-              "views": 2, "rows": rows, "ratio_vs_baseline": ratios}
-    path = args.out / f"loader_{name}_{result['date']}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    print()
+    print_table(rows, ["impl", "size", "batch", "img_per_s", "rounds"])
+    print(f"best backend / baseline: {ratios}  ({device_label(device)}, {args.images} images, {args.workers} workers)")
+    meta = {"what": "two-view SimCLR batches; img_per_s counts source images", "images": args.images,
+            "workers": args.workers, "rounds": args.rounds, "views": 2}
+    write_results("loader", device, meta, rows, args.out_dir, ratio_vs_baseline=ratios)
 
 
 if __name__ == "__main__":

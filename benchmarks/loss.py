@@ -15,17 +15,16 @@ a size whose estimated time (quadratic in N from the previous size) exceeds --ti
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.common import (
-    RESULTS,
     PeakMemory,
+    add_common_args,
     free_memory_mb,
-    pick_device,
     print_table,
+    setup,
     summary,
     time_ms,
     write_results,
@@ -134,7 +133,6 @@ def main(argv: list[str] | None = None) -> None:
         help="torch.set_float32_matmul_precision; 'high' allows TF32 for every implementation",
     )
     p.add_argument("--impls", default="ours,plain,lightly")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per size, after one untimed")
     p.add_argument(
         "--time-budget-s",
@@ -142,15 +140,12 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="skip a size whose estimated total time exceeds this (default 120 on CPU, 600 on GPU)",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 keeps torch's default")
-    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    add_common_args(p)
     args = p.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
-    device = pick_device(args.device)
+    device = setup(args)
     if args.time_budget_s is None:
         args.time_budget_s = 600.0 if device.type == "cuda" else 120.0
-    if args.threads:
-        torch.set_num_threads(args.threads)
     torch.set_float32_matmul_precision(args.matmul_precision)
 
     impls = {"ours": nt_xent_loss, "plain": plain_nt_xent, "lightly": lightly_loss(args.temperature)}

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from benchmarks.common import RESULTS, device_label, pick_device, sync
+from benchmarks.common import add_common_args, device_label, setup, sync
 from benchmarks.step import autocast, synthetic_views
 from trainer.config import load_config
 from trainer.data.views import Batch
@@ -140,13 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=3, help="profiled steps")
     p.add_argument("--top", type=int, default=15)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 keeps torch's default")
-    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    add_common_args(p)
     args = p.parse_args(argv)
-    device = pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = setup(args)
     prof, _ = profile_steps(args, device)
     stem = f"profile_{device_label(device)}_{datetime.date.today().isoformat()}"
     args.out_dir.mkdir(parents=True, exist_ok=True)

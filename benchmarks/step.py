@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from benchmarks.common import (
-    RESULTS,
     PeakMemory,
-    pick_device,
+    add_common_args,
     print_table,
+    setup,
     summary,
     sync,
     time_ms,
@@ -277,13 +277,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--backend", default="dali", help="loader backend with --shards: dali | torch")
     p.add_argument("--workers", type=int, default=8, help="loader workers / DALI threads with --shards")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 keeps torch's default")
-    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    add_common_args(p)
     args = p.parse_args(argv)
-    device = pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = setup(args)
     unknown = set(args.methods.split(",")) - set(METHODS)
     if unknown:
         raise SystemExit(f"--methods: unknown {sorted(unknown)}; registered: {sorted(METHODS)}")
