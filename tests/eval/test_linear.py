@@ -42,3 +42,29 @@ def test_pixel_logistic_regression_on_digits():
     y = torch.from_numpy(digits.target)
     result = pixel_logistic_regression((x[:1000], y[:1000]), (x[1000:], y[1000:]))
     assert 0.85 <= result["top1"] <= 1.0 and result["train_samples"] == 1000
+
+
+def test_saturated_validation_accuracy_does_not_stop_training():
+    """Every validation point right from early on: accuracy alone would stop a few evaluations
+    later; the loss tie-break keeps training while the validation loss still falls, and keeps the
+    lowest-loss weights."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    from trainer.eval.fit import fit_classifier
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 3, generator=g)
+    x = torch.randn(2000, 16, generator=g)
+    logits = x @ w
+    top2 = logits.topk(2, dim=1).values
+    x = x[(top2[:, 0] - top2[:, 1]) > 2.0][:500]  # a margin: separable with room to spare
+    y = (x @ w).argmax(1)
+    train, val = (x[:400], y[:400]), (x[400:], y[400:])
+    model = nn.Linear(16, 3)
+    cfg = FitConfig(lr=5e-2, max_steps=300, eval_every=10, patience=3)
+    result = fit_classifier(model, [{"params": model.parameters()}], train, val, cfg, torch.device("cpu"), seed=0)
+    assert result.best_val_accuracy == 1.0
+    assert result.steps == 300 and not result.stopped_early
+    with torch.no_grad():
+        assert F.cross_entropy(model(val[0]), val[1]).item() < 0.1

@@ -1,9 +1,11 @@
 """Supervised training of a classifier on in-memory tensors: the one loop behind the linear probe,
 fine-tuning and the from-scratch baseline.
 
-With a validation set: AdamW at a constant lr that ReduceLROnPlateau cuts when validation accuracy
-stalls, early stopping after `patience` evaluations without improvement, and the best weights
-restored at the end. Without one: AdamW with a cosine schedule over `max_steps`, last weights kept.
+With a validation set: AdamW at a constant lr that ReduceLROnPlateau cuts when the validation loss
+stalls, early stopping after `patience` evaluations without a better score, and the best-scoring
+weights restored at the end. The score is validation accuracy, ties broken by the lower loss: a
+small validation set saturates (every image right from some step on), and accuracy alone would then
+stop training at the first weights that got there. Without one: AdamW with a cosine schedule over `max_steps`, last weights kept.
 """
 
 from __future__ import annotations
@@ -77,8 +79,8 @@ def fit_classifier(model: nn.Module, param_groups: list[dict], train: tuple[torc
             optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / cfg.max_steps)))
     else:
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
-    best_acc, best_state, since_best = -1.0, None, 0
+            optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    best_acc, best_loss, best_state, since_best = -1.0, math.inf, None, 0
     order, cursor = torch.randperm(len(x), generator=generator), 0
     step = 0
     batch_size = min(cfg.batch_size, len(x))
@@ -97,10 +99,12 @@ def fit_classifier(model: nn.Module, param_groups: list[dict], train: tuple[torc
         if val is None:
             schedule.step()
         elif step % cfg.eval_every == 0 or step == cfg.max_steps:
-            acc = accuracy(predict(model, val[0], device), val[1])
-            plateau.step(acc)
-            if acc > best_acc:
-                best_acc, best_state, since_best = acc, copy.deepcopy(model.state_dict()), 0
+            logits = predict(model, val[0], device)
+            acc, val_loss = accuracy(logits, val[1]), F.cross_entropy(logits, val[1]).item()
+            plateau.step(val_loss)
+            if (acc, -val_loss) > (best_acc, -best_loss):
+                best_acc, best_loss, since_best = acc, val_loss, 0
+                best_state = copy.deepcopy(model.state_dict())
             else:
                 since_best += 1
                 if since_best >= cfg.patience:
