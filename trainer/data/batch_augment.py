@@ -133,15 +133,18 @@ def photometric(views: torch.Tensor, params: ViewParams, spec: ViewSpec,
     Runs CHUNK images at a time: each step then reads and writes a cache-sized block instead of the
     whole batch, which halves the time on CPU.
     """
+    # in shared memory from the start: a DataLoader worker then hands it over without a copy
     out = torch.empty(views.shape, dtype=torch.uint8 if normalize is None else torch.float32).share_memory_()
+    if normalize is not None:
+        mean, std = normalize
+        scale, shift = 1 / (255 * std), -mean / std  # (x / 255 - mean) / std as one multiply-add
     for start in range(0, len(views), CHUNK):
         part = slice(start, start + CHUNK)
         x = _photometric_chunk(views[part].contiguous().float(), params, part, spec)
         if normalize is None:
             out[part] = x.round_()
         else:
-            mean, std = normalize
-            out[part] = (x / 255 - mean) / std
+            torch.addcmul(shift, x, scale, out=out[part])
     return out
 
 
