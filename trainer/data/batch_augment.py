@@ -2,12 +2,12 @@
 
 torchvision's transforms take one parameter per call, so per-sample random parameters mean a dozen
 op dispatches per view, and on 96 px views that overhead, not the pixels, is where the time goes
-(torchvision v2 per sample: 780 img/s on 2 cores, slower than the plain PIL pipeline it should beat;
-this file: 1,900-2,500). Every random number of a batch is drawn up front from one generator seeded per
-(seed, rank, epoch, step); each image is decoded once and cropped and resized per view by PIL (as
-torchvision's RandomResizedCrop does on PIL images); then brightness, contrast, saturation, hue,
-grayscale, blur and solarize run as a handful of tensor ops over the batch, with per-sample
-parameters (identity where a sample's coin did not come up).
+(torchvision v2 per sample: 780 img/s on 2 cores, slower than the plain PIL pipeline it should
+beat; this file: 1,900-2,500). Every random number of a batch is drawn up front from one generator
+seeded per (seed, rank, epoch, step); each image is decoded once and cropped and resized per view
+by PIL (as torchvision's RandomResizedCrop does on PIL images); then brightness, contrast,
+saturation, hue, grayscale, blur and solarize run as a handful of tensor ops over the batch, with
+per-sample parameters (identity where a sample's coin did not come up).
 
 Conventions shared with the DALI backend (fixed jitter order, hue as a rotation in YIQ) are in params.py.
 """
