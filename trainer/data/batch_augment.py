@@ -2,8 +2,8 @@
 
 torchvision's transforms take one parameter per call, so per-sample random parameters mean a dozen
 op dispatches per view, and on 96 px views that overhead, not the pixels, is where the time goes
-(torchvision v2 per sample: 780 img/s on 2 cores, slower than the plain PIL pipeline it should
-beat; this file: 1,900-2,500). Every random number of a batch is drawn up front from one generator
+(on 2 cores at 96 px, benchmarks/loader_throughput.py: torchvision v2 per sample 780 img/s, below
+the plain PIL pipeline it should beat; this file 2,384). Every random number of a batch is drawn up front from one generator
 seeded per (seed, rank, epoch, step); each image is decoded once and cropped and resized per view
 by PIL (as torchvision's RandomResizedCrop does on PIL images); then brightness, contrast,
 saturation, hue, grayscale, blur and solarize run as a handful of tensor ops over the batch, with
@@ -20,11 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import get_worker_info
 
 from trainer.data.params import LUMA, SOLARIZE_THRESHOLD, blur_kernel_size, colour_matrix, jitter_ranges
 from trainer.data.views import ViewSpec
 
 CROP_TRIES = 10  # torchvision's RandomResizedCrop draws up to 10 boxes before its fallback
+_LUMA = torch.tensor(LUMA)
 CHUNK = 8  # images per block of the photometric ops: 8 x 3 x 96 x 96 float32 = 0.9 MB, about an L2 cache
 
 
@@ -133,8 +135,9 @@ def photometric(views: torch.Tensor, params: ViewParams, spec: ViewSpec,
     Runs CHUNK images at a time: each step then reads and writes a cache-sized block instead of the
     whole batch, which halves the time on CPU.
     """
-    # in shared memory from the start: a DataLoader worker then hands it over without a copy
-    out = torch.empty(views.shape, dtype=torch.uint8 if normalize is None else torch.float32).share_memory_()
+    out = torch.empty(views.shape, dtype=torch.uint8 if normalize is None else torch.float32)
+    if get_worker_info() is not None:
+        out.share_memory_()  # a DataLoader worker then hands it over without a copy
     if normalize is not None:
         mean, std = normalize
         scale, shift = 1 / (255 * std), -mean / std  # (x / 255 - mean) / std as one multiply-add
@@ -153,7 +156,7 @@ def _photometric_chunk(x: torch.Tensor, params: ViewParams, part: slice, spec: V
     if spec.jitter_prob > 0:
         b = params.brightness[part].view(-1, 1, 1, 1)
         k = params.contrast[part].view(-1, 1, 1, 1)
-        grey = (x.mean((2, 3)) @ torch.tensor(LUMA)).view(-1, 1, 1, 1)
+        grey = (x.mean((2, 3)) @ _LUMA).view(-1, 1, 1, 1)
         x = (x * (b * k)).add_(b * (1 - k) * grey).clamp_(0, 255)  # b (grey + k (x - grey))
     if spec.jitter_prob > 0 or spec.gray_prob > 0:
         x = torch.bmm(params.colour[part], x.reshape(n, c, h * w)).view(n, c, h, w).clamp_(0, 255)
