@@ -9,12 +9,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainer.config import ConfigError, load_config
+from data_prep.manifest import ManifestError, load_manifest
+from trainer.config import Config, ConfigError, load_config
 
 USAGE = """usage: python -m trainer {train,eval,export} ...
   train --config F [key=value ...]   pretrain (or resume) the run F describes
   eval <knn|linear|finetune|label-efficiency|report> --run DIR [...]
   export --run DIR --out FILE"""
+
+
+MAX_UPSCALE = 8  # data.image_size above this many times the stored images' larger side is a typo, not a plan
+
+
+def check_image_size(cfg: Config) -> None:
+    """Refuse a view size far above what the shards hold (each view would be mostly interpolation, and
+    a typo like 3200 allocates gigabytes per batch). Datasets of mixed sizes (image_size null) pass."""
+    stored = load_manifest(cfg.data.shards)["image_size"]
+    if stored and cfg.data.image_size > MAX_UPSCALE * max(stored):
+        raise ConfigError(f"'data.image_size' = {cfg.data.image_size}: more than {MAX_UPSCALE}x the "
+                          f"{stored[0]}x{stored[1]} px images of {cfg.data.shards}")
 
 
 def train_main(argv: list[str]) -> int:
@@ -26,8 +39,12 @@ def train_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        check_image_size(cfg)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except ManifestError as e:
+        print(f"data error: {e}", file=sys.stderr)
         return 2
     from trainer.loop import NonFiniteLoss, train  # torch, the data backends: only once the config is valid
 

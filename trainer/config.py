@@ -188,6 +188,45 @@ def _check_choices(cfg: DictConfig, methods: dict[str, type]) -> None:
             raise ConfigError(f"'train.{key}' must be >= 1")
 
 
+# (key, lowest valid value, what the key means): each a user mistake that would otherwise train nothing,
+# hang, or fail deep inside torch / the loader with a message naming neither
+MINIMUMS = (
+    ("data.image_size", 1, "the view size in px"),
+    ("data.workers", 0, "DataLoader workers; 0 loads in the main process"),
+    ("engine.dist_timeout_s", 1, "seconds a collective may wait"),
+    ("optim.base_lr", 0, "the learning rate before batch scaling"),
+    ("train.max_steps", 0, "0 means epochs x steps per epoch"),
+)
+
+
+def _check_values(cfg: DictConfig) -> None:
+    for key, lowest, meaning in MINIMUMS:
+        value = OmegaConf.select(cfg, key)
+        if value < lowest:
+            raise ConfigError(f"'{key}' = {value}: must be >= {lowest} ({meaning})")
+    name = cfg.train.name
+    if not name or "/" in name or name in (".", ".."):
+        raise ConfigError(f"'train.name' = {name!r}: must be a plain folder name (no '/', not '.' or '..'); "
+                          "the run folder is <train.run_root>/<train.name>")
+
+
+def _refuse_env_interpolation(layer: DictConfig, source: str) -> None:
+    """`${oc.env:VAR}` would copy the environment (a token, a password) into config.yaml, every checkpoint
+    and the run folder's name: refused, naming the key. The raw (unresolved) values are scanned."""
+    def walk(node, prefix: str) -> None:
+        for key, value in node.items():
+            where = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, where + ".")
+            elif isinstance(value, list):
+                walk(dict(enumerate(value)), where + ".")
+            elif isinstance(value, str) and "oc.env" in value:
+                raise ConfigError(f"{source}: '{where}' = {value!r}: environment interpolation is not allowed "
+                                  "(it would be saved with the run); write the value itself")
+
+    walk(OmegaConf.to_container(layer, resolve=False), "")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults <- YAML file (with its `_base_` layers) <- `key=value` overrides, checked.
 
@@ -207,9 +246,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if name not in methods:
         raise ConfigError(f"'method.name' = {name!r}: choose one of {', '.join(methods)}")
     schema = OmegaConf.structured(Config(method=methods[name]()))
+    _refuse_env_interpolation(file_layer, str(path) if path else "defaults")
+    _refuse_env_interpolation(cli_layer, "command line")
     cfg = _merge(schema, file_layer, str(path) if path else "defaults")
     cfg = _merge(cfg, cli_layer, "command line")
     _check_choices(cfg, methods)
+    _check_values(cfg)
     return OmegaConf.to_object(cfg)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from trainer.config import ConfigError, load_config, to_yaml
@@ -71,3 +73,41 @@ def test_base_cycle_and_missing_file(tmp_path):
         load_config(tmp_path / "a.yaml")
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("data.image_size=0", "'data.image_size' = 0"),
+    ("data.image_size=-32", "'data.image_size' = -32"),
+    ("data.workers=-1", "'data.workers' = -1"),
+    ("engine.dist_timeout_s=0", "'engine.dist_timeout_s' = 0"),
+    ("optim.base_lr=-0.1", "'optim.base_lr' = -0.1"),
+    ("train.max_steps=-5", "'train.max_steps' = -5"),
+])
+def test_out_of_range_values_name_key_and_value(override, named):
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_config(None, [override])
+
+
+def test_boundary_values_are_accepted():
+    cfg = load_config(None, ["data.image_size=1", "data.workers=0", "engine.dist_timeout_s=1", "optim.base_lr=0",
+                             "train.max_steps=0"])
+    assert (cfg.data.image_size, cfg.data.workers, cfg.optim.base_lr, cfg.train.max_steps) == (1, 0, 0.0, 0)
+
+
+@pytest.mark.parametrize("name", ["/tmp/elsewhere", "../victim", "a/b", "..", ".", "\"\""])
+def test_run_name_must_be_a_plain_folder_name(name):
+    with pytest.raises(ConfigError, match=r"'train.name' = .*plain folder name"):
+        load_config(None, [f"train.name={name}"])
+
+
+def test_environment_interpolation_is_refused_in_files_and_overrides(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSLSCALE_TEST_SECRET", "hunter2")
+    with pytest.raises(ConfigError, match=r"command line: 'train.name' = .*environment interpolation"):
+        load_config(None, ["train.name=${oc.env:SSLSCALE_TEST_SECRET}"])
+    write(tmp_path / "base.yaml", "data:\n  mean: [0.5, '${oc.env:SSLSCALE_TEST_SECRET}', 0.5]\n")
+    top = write(tmp_path / "top.yaml", "_base_: base.yaml\n")
+    with pytest.raises(ConfigError, match=r"top.yaml: 'data.mean.1' = .*environment interpolation"):
+        load_config(top)
+    # a plain reference between keys still resolves: only the environment is off limits
+    cfg = load_config(write(tmp_path / "ref.yaml", "train:\n  name: ${method.name}_run\n"))
+    assert cfg.train.name == "simclr_run"
