@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from tolerance import rounding_bound
 from torch import nn
 
 from trainer.config import OptimConfig
@@ -37,14 +38,18 @@ def test_lars_matches_float64_reference_over_steps():
     opt = build_optimizer(cfg, groups, lr=0.7)
     assert isinstance(opt, LARS)
     ref = {n: (p.detach().double().clone(), torch.zeros_like(p, dtype=torch.float64)) for n, p in model.named_parameters()}
-    for _ in range(3):
+    for step in range(3):
         grads = {n: torch.randn_like(p) for n, p in model.named_parameters()}
         for n, p in model.named_parameters():
             p.grad = grads[n].clone()
             ref[n] = lars_reference(ref[n][0], grads[n], ref[n][1], 0.7, 0.05, 0.9, 0.01)
         opt.step()
         for n, p in model.named_parameters():
-            torch.testing.assert_close(p.detach().double(), ref[n][0], rtol=1e-5, atol=1e-6, msg=n)
+            # per step a weight takes a length-numel norm twice (trust ratio), then a few elementwise
+            # ops at the scale of the weight and of lr x momentum buffer; float32 against float64
+            scale = p.detach().abs().max().item() + 0.7 * ref[n][1].abs().max().item()
+            bound = rounding_bound(torch.float32, scale, (step + 1) * (2 * p.numel() + 8))
+            torch.testing.assert_close(p.detach().double(), ref[n][0], rtol=0, atol=bound, msg=n)
 
 
 def test_groups_split_no_decay_for_vectors():
