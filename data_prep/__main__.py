@@ -1,4 +1,4 @@
-"""python -m data_prep <stl10|tiny-imagenet|cifar10|imagefolder|digits> --src DIR --out DIR [...]
+"""python -m data_prep <stl10|tiny-imagenet|cifar10|fashion-mnist|mnist|imagefolder|digits> --src DIR --out DIR [...]
 python -m data_prep verify --out DIR
 
 Shards land in `--out/<dataset>/` (`<split>-NNNNNN.tar`, `.idx`, `manifest.json`); see docs/data_prep.md.
@@ -7,6 +7,7 @@ Shards land in `--out/<dataset>/` (`<split>-NNNNNN.tar`, `.idx`, `manifest.json`
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -16,13 +17,15 @@ from data_prep.digits import read_digits
 from data_prep.download import ARCHIVES, download
 from data_prep.imagefolder import read_imagefolder
 from data_prep.manifest import ManifestError, manifest_path
+from data_prep.mnist import IDX_DATASETS, read_idx_dataset
 from data_prep.source import Dataset, PrepError
 from data_prep.stl10 import read_stl10
 from data_prep.tiny_imagenet import read_tiny_imagenet
 from data_prep.verify import verify_dataset
 from data_prep.writer import WriteOptions, write_dataset
 
-SOURCES = {"stl10": read_stl10, "tiny-imagenet": read_tiny_imagenet, "cifar10": read_cifar10}
+SOURCES = {"stl10": read_stl10, "tiny-imagenet": read_tiny_imagenet, "cifar10": read_cifar10,
+           **{name: functools.partial(read_idx_dataset, d) for name, d in IDX_DATASETS.items()}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip unreadable image files, listing them, instead of failing")
     for name in [*SOURCES, "imagefolder"]:
         sub = commands.add_parser(name, parents=[common], help=f"shard {name}")
-        sub.add_argument("--src", type=Path, required=True, help="the extracted folder or its parent")
+        default_src = IDX_DATASETS[name].default_src if name in IDX_DATASETS else None
+        sub.add_argument("--src", type=Path, default=default_src, required=default_src is None,
+                         help="the extracted folder or its parent" + (" (default: %(default)s)" if default_src else ""))
         if name in ARCHIVES:
             sub.add_argument("--download", action="store_true",
                              help="fetch the official archive into --src first (checksum verified)")
@@ -63,7 +68,7 @@ def read_source(args: argparse.Namespace) -> Dataset:
         return read_digits(size=args.size, seed=args.seed, splits=args.splits)
     if args.command == "imagefolder":
         return read_imagefolder(args.src, splits=args.splits, name=args.name)
-    src = download(args.command, args.src) if args.download else args.src
+    src = download(args.command, args.src) if args.command in ARCHIVES and args.download else args.src
     return SOURCES[args.command](src, splits=args.splits)
 
 

@@ -8,27 +8,15 @@
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from data_prep.source import Dataset, PrepError, Split, find_root, require_file, select_splits
+from data_prep.source import ArrayImages, Dataset, PrepError, Split, find_root, require_file, select_splits
 
 SIDE = 32
 SPLIT_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-
-
-@dataclass(frozen=True)
-class ArrayImages:
-    """images: uint8[N, H, W, 3]; labels: N ints."""
-
-    images: np.ndarray
-    labels: list[int]
-
-    def __call__(self, i: int) -> tuple[np.ndarray, int]:
-        return self.images[i], self.labels[i]
 
 
 def read_cifar10(src: Path, splits: list[str] | None = None) -> Dataset:

@@ -40,8 +40,9 @@ class BadImage(Exception):
 
 
 def encode_array(pixels: np.ndarray, image_format: str, quality: int) -> Encoded:
-    """pixels: uint8[H, W, 3] RGB. image_format "png" (lossless, PIL default level) or "jpg"."""
-    image = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
+    """pixels: uint8[H, W, 3] RGB or uint8[H, W] grayscale (kept one channel: both loaders decode
+    to RGB). image_format "png" (lossless, PIL default level) or "jpg"."""
+    image = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB" if pixels.ndim == 3 else "L")
     return _encode_pil(image, image_format, quality)
 
 

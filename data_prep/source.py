@@ -2,8 +2,8 @@
 
 A source module reads one raw on-disk format and returns a `Dataset`: class names, and per
 split a picklable `read(i)` that worker processes call to fetch image `i` and its label.
-Images are either an RGB array `uint8[H, W, 3]` (encoded by the writer) or the `Path` of an
-encoded file whose bytes go into the shard as they are.
+Images are either an array, RGB `uint8[H, W, 3]` or grayscale `uint8[H, W]` (encoded by the
+writer), or the `Path` of an encoded file whose bytes go into the shard as they are.
 """
 
 from __future__ import annotations
@@ -44,6 +44,17 @@ class Dataset:
     splits: list[Split]
     source: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ArrayImages:
+    """Reader over decoded pixels (CIFAR-10, the IDX datasets): images uint8[N, H, W, 3] or [N, H, W]."""
+
+    images: np.ndarray
+    labels: list[int]
+
+    def __call__(self, i: int) -> tuple[np.ndarray, int]:
+        return self.images[i], self.labels[i]
 
 
 @dataclass(frozen=True)

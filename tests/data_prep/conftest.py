@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
-from prep_helpers import jpeg_bytes, stl10_bytes
+from prep_helpers import idx_bytes, jpeg_bytes, stl10_bytes
 
 
 @pytest.fixture
@@ -84,3 +85,30 @@ def tiny_src(tmp_path: Path) -> dict:
         path.write_bytes(jpeg_bytes(rng))
         files[path] = None
     return {"root": root, "files": files, "sorted_wnids": sorted(wnids)}
+
+
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+@pytest.fixture(params=["gz", "raw"])
+def idx_src(request, tmp_path: Path) -> dict:
+    """The four MNIST-family files, gzipped as published or raw: 12 train, 5 test random 28x28
+    images with labels 0..9; train image 0 has a bright bar in its top-left rows (flips if the
+    reader transposes)."""
+    rng = np.random.default_rng(4)
+    root = tmp_path / "raw"
+    root.mkdir()
+    images = {s: rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) for s, n in [("train", 12), ("test", 5)]}
+    images["train"][0] = 0
+    images["train"][0, :3, :20] = 255
+    labels = {s: rng.integers(0, 10, len(x), dtype=np.uint8) for s, x in images.items()}
+    labels["train"][:2] = (0, 9)
+    for split, (x_name, y_name) in IDX_FILES.items():
+        for name, array in ((x_name, images[split]), (y_name, labels[split])):
+            data = idx_bytes(array)
+            if request.param == "gz":
+                (root / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (root / name).write_bytes(data)
+    return {"root": root, "images": images, "labels": labels, "gz": request.param == "gz"}

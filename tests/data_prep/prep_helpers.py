@@ -45,6 +45,14 @@ def stl10_bytes(images_hwc: np.ndarray) -> bytes:
     return np.ascontiguousarray(images_hwc.transpose(0, 3, 2, 1)).tobytes()
 
 
+def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
+    """An IDX file written from the format's description (big-endian uint32 magic 0x000008DD, then
+    one uint32 per dimension, then the bytes), independently of data_prep/idx.py."""
+    magic = 0x0800 + array.ndim if magic is None else magic
+    header = np.array([magic, *array.shape], dtype=">u4").tobytes()
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
 def jpeg_bytes(rng: np.random.Generator, mode: str = "RGB", size: int = 64) -> bytes:
     shape = (size, size, 3) if mode == "RGB" else (size, size)
     buffer = io.BytesIO()
