@@ -14,7 +14,7 @@ from pathlib import Path
 
 from data_prep.cifar10 import read_cifar10
 from data_prep.digits import read_digits
-from data_prep.download import ARCHIVES, download
+from data_prep.download import DOWNLOADABLE, download
 from data_prep.imagefolder import read_imagefolder
 from data_prep.manifest import ManifestError, manifest_path
 from data_prep.mnist import IDX_DATASETS, read_idx_dataset
@@ -50,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         default_src = IDX_DATASETS[name].default_src if name in IDX_DATASETS else None
         sub.add_argument("--src", type=Path, default=default_src, required=default_src is None,
                          help="the extracted folder or its parent" + (" (default: %(default)s)" if default_src else ""))
-        if name in ARCHIVES:
+        if name in DOWNLOADABLE:
             sub.add_argument("--download", action="store_true",
-                             help="fetch the official archive into --src first (checksum verified)")
+                             help="fetch the official files into --src first (MD5 verified; files there are kept)")
         if name == "imagefolder":
             sub.add_argument("--name", help="dataset folder name under --out (default: the --src folder name)")
     digits = commands.add_parser("digits", parents=[common], help="scikit-learn digits (bundled, no download)")
@@ -68,7 +68,7 @@ def read_source(args: argparse.Namespace) -> Dataset:
         return read_digits(size=args.size, seed=args.seed, splits=args.splits)
     if args.command == "imagefolder":
         return read_imagefolder(args.src, splits=args.splits, name=args.name)
-    src = download(args.command, args.src) if args.command in ARCHIVES and args.download else args.src
+    src = download(args.command, args.src) if args.command in DOWNLOADABLE and args.download else args.src
     return SOURCES[args.command](src, splits=args.splits)
 
 

@@ -1,8 +1,13 @@
 """fashion-mnist / mnist: IDX files (gzipped or raw) -> one-channel PNG shards, pixels exact; every header
 field checked."""
 
+import functools
 import gzip
+import hashlib
+import http.server
 import io
+import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +16,7 @@ import torch
 from PIL import Image
 from prep_helpers import idx_bytes, load_json, read_shards, run_cli
 
+from data_prep.download import IDX_FILES
 from trainer.config import DataConfig
 from trainer.data import build_loader
 from trainer.data.views import ViewSpec
@@ -105,3 +111,61 @@ def test_bad_input(idx_src, tmp_path: Path, capsys, damage, message):
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not list((tmp_path / "shards").rglob("*.*"))  # nothing published: no manifest, no shard
+
+
+@pytest.fixture
+def http_folder(tmp_path: Path):
+    """A real HTTP server on 127.0.0.1 serving tmp_path/served; yields (folder, base url, requested paths)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    requested: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            requested.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}/files/", requested
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.mark.parametrize("idx_src", ["gz"], indirect=True)
+def test_download_checks_each_md5_and_keeps_only_matching_files(idx_src, http_folder, tmp_path: Path, monkeypatch,
+                                                                 capsys):
+    folder, base_url, requested = http_folder
+    shutil.copytree(idx_src["root"], folder / "files")
+    names = list(IDX_FILES["mnist"][1])  # the order they are fetched in: train images, train labels, test ...
+    md5 = {name: hashlib.md5((folder / "files" / name).read_bytes()).hexdigest() for name in names}
+    dest, out = tmp_path / "downloads", tmp_path / "shards"
+    forged = dict(md5, **{TEST_X + ".gz": "0" * 32})
+    monkeypatch.setitem(IDX_FILES, "mnist", (base_url, forged))
+    assert run_cli("mnist", "--src", dest, "--out", out, "--download", "--workers", 1) == 1
+    err = capsys.readouterr().err
+    assert f"{dest / TEST_X}.gz: md5 {md5[TEST_X + '.gz']} != published {'0' * 32}" in err, err
+    assert sorted(p.name for p in dest.iterdir()) == sorted(names[:2])  # the forged one and no partial left
+    assert not out.exists()  # nothing published
+
+    monkeypatch.setitem(IDX_FILES, "mnist", (base_url, md5))
+    requested.clear()
+    assert run_cli("mnist", "--src", dest, "--out", out, "--download", "--workers", 1) == 0
+    assert requested == [f"/files/{TEST_X}.gz", f"/files/{TEST_Y}.gz"]  # the two already checked are kept
+    for name in names:
+        assert (dest / name).read_bytes() == (folder / "files" / name).read_bytes()
+    assert len(read_shards(out / "mnist", "test")) == len(idx_src["images"]["test"])
+
+
+def test_download_failure_names_the_url(http_folder, tmp_path: Path, monkeypatch, capsys):
+    _, base_url, _ = http_folder  # serves nothing: every file is a 404
+    monkeypatch.setitem(IDX_FILES, "fashion-mnist", (base_url, IDX_FILES["fashion-mnist"][1]))
+    assert run_cli("fashion-mnist", "--src", tmp_path / "d", "--out", tmp_path / "o", "--download") == 1
+    err = capsys.readouterr().err
+    assert f"{base_url}train-images-idx3-ubyte.gz: download to " in err and "404" in err, err
+    assert list((tmp_path / "d").iterdir()) == [] and not (tmp_path / "o").exists()
