@@ -2,9 +2,10 @@
 
 import torch
 from sklearn.datasets import load_digits
+from tolerance import rounding_bound
 
 from trainer.eval.fit import FitConfig
-from trainer.eval.linear import linear_probe, pixel_logistic_regression
+from trainer.eval.linear import EPS, linear_probe, pixel_logistic_regression, standardize
 
 CPU = torch.device("cpu")
 
@@ -23,6 +24,38 @@ def test_probe_separates_separable_features():
     result, logits = linear_probe(train, test, 4, FitConfig(lr=3e-2, max_steps=300), CPU, seed=0)
     assert result["top1"] >= 0.99 and result["top5"] == 1.0
     assert logits.shape == (200, 4)
+
+
+def one_hot_features(n_per_class, generator, classes=10, dims=32):
+    """Non-negative (post-ReLU) features: class c fires dimension c (plus noise); the other
+    dimensions are zero."""
+    y = torch.arange(classes).repeat(n_per_class)
+    x = torch.zeros(len(y), dims)
+    x[torch.arange(len(y)), y] = 1.0
+    x[:, :classes] += 0.1 * torch.randn(len(y), classes, generator=generator)
+    return x.clamp_min(0), y
+
+
+def test_channels_dead_on_a_small_labelled_subset_do_not_swamp_the_probe():
+    """One image per class (a 1% split): dimensions 10-31 are zero on every training image but fire
+    at test time. A floored std (1e-6) magnified them a million-fold into randomly initialized
+    weights: 0.106 on this data, chance; with the epsilon inside the square root and a zero-started
+    head the probe is perfect, as the 10 informative dimensions allow."""
+    g = torch.Generator().manual_seed(0)
+    train, test = one_hot_features(1, g), one_hot_features(50, g)
+    test[0][:, 10:] = torch.randn(len(test[1]), 22, generator=g).clamp_min(0) * 0.5
+    result, _ = linear_probe(train, test, 10, FitConfig(lr=1e-2, max_steps=300), CPU, seed=0)
+    assert result["top1"] == 1.0
+
+
+def test_standardize_puts_the_epsilon_inside_the_square_root():
+    x = torch.tensor([[1.0, 5.0], [3.0, 5.0]], dtype=torch.float64)
+    got = torch.cat(standardize(x, torch.tensor([[2.0, 6.0]], dtype=torch.float64)))
+    # column 0: mean 2, biased variance 1; column 1: constant 5, its offsets over sqrt(EPS), not 1e-6
+    want = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    want = want / torch.tensor([1 + EPS, EPS], dtype=torch.float64).sqrt()
+    # a mean, a variance of 2 rows and a division, each at most 1 / sqrt(EPS) in float64
+    torch.testing.assert_close(got, want, rtol=0, atol=rounding_bound(torch.float64, EPS ** -0.5, 8))
 
 
 def test_probe_is_at_chance_on_random_labels_and_early_stopping_stops():

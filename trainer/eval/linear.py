@@ -1,7 +1,11 @@
 """Linear classifiers: the linear probe on frozen features, and the raw-pixel baseline.
 
-The probe standardizes features with the training mean/std (the BatchNorm-without-affine layer of
-MoCo v3 / MAE's linear probe, folded into the data), then fits one `nn.Linear` with `fit_classifier`.
+The probe standardizes features with the training mean and variance (the BatchNorm-without-affine
+layer of MoCo v3 / MAE's linear probe, folded into the data, with BatchNorm's epsilon inside the
+square root), then fits one zero-initialized `nn.Linear` with `fit_classifier`. Both matter on a
+small labelled subset: a ReLU channel that is zero on all of its images has no training variance,
+so only the epsilon bounds how much its test-time values are magnified, and only a zero start keeps
+the weight it never gets a gradient for out of the test logits.
 The pixel baseline is scikit-learn's multinomial logistic regression on flattened, standardized images.
 """
 
@@ -16,10 +20,12 @@ from torch import nn
 
 from trainer.eval.fit import FitConfig, FitResult, accuracy, fit_classifier, predict
 
+EPS = 1e-5  # BatchNorm's
+
 
 def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """Each tensor [N, D] minus the train mean, over the train std (per dimension)."""
-    mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
+    """Each tensor [N, D] minus the train mean, over sqrt(train variance + EPS) (per dimension)."""
+    mean, std = train.mean(0), (train.var(0, unbiased=False) + EPS).sqrt()
     return [(t - mean) / std for t in (train, *others)]
 
 
@@ -31,6 +37,8 @@ def linear_probe(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Ten
     torch.manual_seed(seed)
     xs = standardize(train[0], test[0], *([val[0]] if val else []))
     head = nn.Linear(train[0].shape[1], num_classes).to(device)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
     result: FitResult = fit_classifier(head, [{"params": head.parameters()}], (xs[0], train[1]),
                                        (xs[2], val[1]) if val else None, cfg, device, seed)
     logits = predict(head, xs[1], device)
