@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 SHARDS  ?= shards
 RUN     ?= demo_digits_simclr
 
-.PHONY: demo test test-fast lint slurm-deps gpu-check gpu-tests gpu-loss gpu-loader gpu-step clean
+.PHONY: demo test test-fast lint system-deps gpu-check gpu-tests gpu-loss gpu-loader gpu-step clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,8 +22,9 @@ demo: $(STAMP)
 	$(BIN)/python -m trainer eval report --run runs/$(RUN)
 	@echo "TensorBoard: launch/tensorboard.sh runs   report: runs/$(RUN)/eval/report.md"
 
-## every test tier on the CPU (GPU tests skip with a reason); Slurm's daemons are installed when missing
-test: $(STAMP) slurm-deps
+## every test tier on the CPU (GPU tests skip with a reason); the system packages the tests use (Slurm's daemons,
+## shellcheck, Debian's Fashion-MNIST files) are installed when missing
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: $(STAMP)
@@ -58,8 +59,8 @@ gpu-step: $(GPU_DATA)/shards/manifest.json
 	$(GPU_PY) -m benchmarks.profile_step --shards $(GPU_DATA)/shards --backend dali --model resnet18@96 \
 	    --batch-size 256 --precision bf16 --workers 8
 
-slurm-deps:
-	bash launch/slurm/install_test_slurm.sh
+system-deps:
+	bash tests/install_system_deps.sh
 
 clean:
 	rm -rf $(VENV) shards runs

@@ -8,7 +8,7 @@
    step the first one stopped at, not at step 0. The run is long, so the signal always lands
    mid-run whatever the machine's speed; once the second attempt has trained past that step the
    test cancels the job.
-Install the daemons with launch/slurm/install_test_slurm.sh (make test does).
+Install the daemons with tests/install_system_deps.sh (make test does).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
 def slurm():
     missing = missing_binaries()
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed: run launch/slurm/install_test_slurm.sh")
+        pytest.skip(f"{', '.join(missing)} not installed: run tests/install_system_deps.sh")
     # a short path: munge's unix socket lives here and socket paths are limited to 108 bytes
     cluster = LocalSlurm(Path(tempfile.mkdtemp(prefix="sslscale-slurm-", dir="/tmp")))
     try:
