@@ -144,6 +144,7 @@ class Checkpointer:
             tmp.mkdir()
         _barrier()
         engine.save_shards(tmp)
+        model = engine.model_state_dict()  # collective under FSDP2 (gathers the full weights to rank 0)
         rngs = [None] * self.ctx.world_size if self.ctx.is_main else None
         if dist.is_initialized():
             dist.gather_object(rng_state(), rngs, dst=0)
@@ -151,7 +152,7 @@ class Checkpointer:
             rngs = [rng_state()]
         if self.ctx.is_main:
             state = {
-                "model": engine.module.state_dict(),
+                "model": model,
                 "engine": engine.state_dict(),
                 "probe": probe.state_dict() if probe is not None else {},
                 "step": position.step, "epoch": position.epoch, "step_in_epoch": position.step_in_epoch,
@@ -197,7 +198,7 @@ class Checkpointer:
             return Position()
         directory = Path(choice[0])
         state = found[1] if found else torch.load(directory / STATE, map_location="cpu", weights_only=True)
-        engine.module.load_state_dict(state["model"])
+        engine.load_model_state_dict(state["model"])
         engine.load_state_dict(state["engine"])
         engine.load_shards(directory)
         if probe is not None and state["probe"]:

@@ -72,7 +72,7 @@ class OptimConfig:
 
 @dataclass
 class EngineConfig:
-    name: str = "ddp"  # ddp | deepspeed
+    name: str = "ddp"  # ddp | deepspeed | fsdp2 (sharded, for ViTs; see launch/README)
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-2
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 on CUDA, fp32 on CPU
     sync_bn: bool = False
@@ -126,7 +126,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "aug.blur": ("auto", "always", "never"),
     "model.backbone": ("resnet18", "resnet50", "mobilenet_v2"),
     "optim.name": ("lars", "sgd", "adamw"),
-    "engine.name": ("ddp", "deepspeed"),
+    "engine.name": ("ddp", "deepspeed", "fsdp2"),
     "engine.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.nonfinite": ("stop", "skip"),
 }

@@ -90,6 +90,17 @@ def init_distributed(timeout_s: int = 600) -> DistContext:
     return DistContext(global_rank, local_rank, world_size, local_world_size, device)
 
 
+def ensure_process_group(ctx: DistContext) -> None:
+    """A one-rank process group on an in-memory store when none was started (one process): DeepSpeed
+    and FSDP2 need a group even then (DeepSpeed also LOCAL_RANK; without them it tries MPI, then asserts)."""
+    if not dist.is_initialized():
+        for key in ("RANK", "LOCAL_RANK"):
+            os.environ.setdefault(key, "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        backend = "nccl" if ctx.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -1,4 +1,4 @@
-"""The engines that turn batches into optimizer steps: DDP or DeepSpeed behind one small interface.
+"""The engines that turn batches into optimizer steps: DDP, DeepSpeed or FSDP2 behind one small interface.
 
     engine = build_engine(cfg, plan, method, ctx)
     outputs = engine.step(micro_batches, lr)   # forward/backward per micro-batch, then one optimizer step
@@ -7,7 +7,9 @@
 An engine owns AMP, gradient accumulation (no gradient all-reduce on non-final micro-batches),
 clipping, the optimizer and the non-finite `skip` policy. It never knows which method it trains.
 Checkpoint hooks: `state_dict()` / `load_state_dict()` for what rank 0 writes into the checkpoint,
-`save_shards(dir)` / `load_shards(dir)` for what every rank writes together (DeepSpeed's ZeRO partitions).
+`save_shards(dir)` / `load_shards(dir)` for what every rank writes together (DeepSpeed's ZeRO partitions,
+FSDP2's torch.distributed.checkpoint), `model_state_dict()` (collective: the full weights on rank 0, for
+state.pt, eval and export) / `load_model_state_dict(state)`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ __all__ = ["Plan", "build_engine", "make_plan", "micro_batching"]
 
 
 def build_engine(cfg: Config, plan: Plan, method: nn.Module, ctx: DistContext):
-    """A `DDPEngine` or `DeepSpeedEngine` (cfg.engine.name) owning `method` and its optimizer."""
+    """A `DDPEngine`, `DeepSpeedEngine` or `FSDP2Engine` (cfg.engine.name) owning `method` and its optimizer."""
+    if cfg.engine.name == "fsdp2":
+        from trainer.engine.fsdp2 import FSDP2Engine
+
+        return FSDP2Engine(cfg, plan, method, ctx)
     if cfg.engine.name == "deepspeed":
         from trainer.engine.deepspeed_engine import DeepSpeedEngine  # imports deepspeed only when asked
 

@@ -77,6 +77,12 @@ class DDPEngine:
         self.optimizer.zero_grad(set_to_none=True)
         return outputs
 
+    def model_state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_model_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state)
+
     def state_dict(self) -> dict:
         state = {"optimizer": self.optimizer.state_dict()}
         if self.scaler is not None:

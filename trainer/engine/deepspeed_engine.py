@@ -6,33 +6,20 @@ Checkpoints use DeepSpeed's collective save/load (each rank writes its optimizer
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from trainer.config import Config
 from trainer.data.views import Batch
-from trainer.dist import DistContext
+from trainer.dist import DistContext, ensure_process_group
 from trainer.engine.amp import autocast, restore_unless
 from trainer.engine.plan import Plan
 from trainer.methods.base import MethodOutput
 from trainer.optim import build_optimizer
 
 TAG = "deepspeed"
-
-
-def _one_process_group(ctx: DistContext) -> None:
-    """DeepSpeed needs a process group and LOCAL_RANK even for one process (without them it tries
-    MPI, then asserts). Start a one-rank group on an in-memory store and say so in the environment."""
-    if not dist.is_initialized():
-        for key in ("RANK", "LOCAL_RANK"):
-            os.environ.setdefault(key, "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        backend = "nccl" if ctx.device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
 
 
 class DeepSpeedEngine:
@@ -43,7 +30,7 @@ class DeepSpeedEngine:
             # DeepSpeed's CPU all-reduce would JIT-compile a shared-memory op on first use (45-140 s
             # here); marking it unavailable sends its collectives through torch.distributed's gloo.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        _one_process_group(ctx)
+        ensure_process_group(ctx)
         self.ctx, self.precision = ctx, plan.precision
         self.skip_nonfinite = cfg.train.nonfinite == "skip"
         self.module = method.to(ctx.device)
@@ -79,6 +66,12 @@ class DeepSpeedEngine:
             restore_unless(torch.isfinite(torch.stack([o.loss.detach().float() for o in outputs])).all(),
                            buffers, before)
         return outputs
+
+    def model_state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_model_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state)
 
     def state_dict(self) -> dict:
         return {}

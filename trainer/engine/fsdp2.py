@@ -1,0 +1,138 @@
+"""FSDP2 engine: parameters, gradients and optimizer state sharded across ranks, for ViTs that outgrow DDP.
+
+`fully_shard` (torch.distributed.fsdp) wraps each transformer block (every child of a `blocks` container,
+as timm's ViTs name them, the EMA teacher's included) and then the method as the root. A block's
+parameters are all-gathered just before its forward and backward and freed after, so a rank holds 1/W of
+the persistent state plus one block unsharded. Under bf16: bf16 parameters and compute, fp32 gradient
+reduce-scatter (MixedPrecisionPolicy); fp32 otherwise (the CPU's default). The EMA teacher is sharded like
+the student, so its update (a lerp of local shards) moves no bytes.
+
+Checkpoints: the method's weights and the optimizer go through torch.distributed.checkpoint
+(`save_shards`), which reshards on load, so a run resumes at another world size with the same global
+batch; rank 0 also writes the full weights into state.pt for eval and export (`model_state_dict`).
+
+Refused: BatchNorm (FSDP2 does not broadcast buffers as DDP does, so each rank's running statistics
+would drift apart and the saved model would be rank 0's alone), LARS (its trust ratio needs each whole
+layer's norm; ViT recipes use AdamW), fp16 (use bf16) and the `skip` non-finite policy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from trainer.config import Config
+from trainer.data.views import Batch
+from trainer.dist import DistContext, ensure_process_group
+from trainer.engine.plan import Plan
+from trainer.methods.base import MethodOutput
+from trainer.optim import build_optimizer
+
+DCP_DIR = "fsdp2"
+
+
+def refuse_unsupported(cfg: Config, plan: Plan, method: nn.Module) -> None:
+    """ValueError naming the first setting or layer FSDP2 cannot serve."""
+    norms = [f"{name} ({type(m).__name__})" for name, m in method.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        raise ValueError(f"engine.name = fsdp2 cannot train {norms[0]} ({len(norms)} BatchNorm layers): FSDP2 does "
+                         "not broadcast BatchNorm statistics between ranks; use a ViT (timm:...) or engine.name = ddp")
+    if cfg.optim.name == "lars":
+        raise ValueError("optim.name = lars with engine.name = fsdp2: LARS needs each layer's whole norm, FSDP2 "
+                         "shards layers across ranks; use optim.name = adamw (the ViT recipes' optimizer)")
+    if plan.precision == "fp16":
+        raise ValueError("engine.precision = fp16 with engine.name = fsdp2: use bf16 (fp32's exponent range, "
+                         "no loss scaling) or fp32")
+    if cfg.train.nonfinite == "skip":
+        raise ValueError("train.nonfinite = skip with engine.name = fsdp2 is not supported: use stop, or engine.name = ddp")
+    if cfg.engine.compile:
+        raise ValueError("engine.compile = true with engine.name = fsdp2 is not supported yet: use ddp to compile")
+
+
+def shard(method: nn.Module, mesh, policy: MixedPrecisionPolicy) -> None:
+    """fully_shard every child of every `blocks` container (student and teacher), then the root."""
+    containers = [m.blocks for m in method.modules()
+                  if isinstance(getattr(m, "blocks", None), (nn.Sequential, nn.ModuleList))]
+    for block in [b for blocks in containers for b in blocks]:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(method, mesh=mesh, mp_policy=policy)
+
+
+class FSDP2Engine:
+    def __init__(self, cfg: Config, plan: Plan, method: nn.Module, ctx: DistContext):
+        refuse_unsupported(cfg, plan, method)
+        ensure_process_group(ctx)
+        self.ctx, self.grad_clip = ctx, cfg.optim.grad_clip
+        mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
+        policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                  if plan.precision == "bf16" else MixedPrecisionPolicy())
+        method = method.to(ctx.device)
+        shard(method, mesh, policy)
+        self.module = method
+        # built after sharding: the optimizer holds the DTensor shards, so its state is sharded too
+        self.optimizer = build_optimizer(cfg.optim, method.parameter_groups(), plan.lr)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def step(self, batches: list[Batch], lr: float) -> list[MethodOutput]:
+        """Forward/backward per micro-batch (loss / len(batches)), gradients reduce-scattered only in the
+        last one's backward, then one optimizer step on the local shards. With clipping, the global
+        grad norm (over every rank's shards) is the last output's `grad_norm`."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        outputs = []
+        for i, batch in enumerate(batches):
+            self.module.set_requires_gradient_sync(i == len(batches) - 1)
+            out = self.module(batch)
+            (out.loss / len(batches)).backward()
+            outputs.append(out)
+        if self.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            outputs[-1].metrics["grad_norm"] = (norm.full_tensor() if isinstance(norm, DTensor) else norm).detach()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return outputs
+
+    def model_state_dict(self) -> dict:
+        """Collective: the full (unsharded) weights on rank 0, in CPU memory; {} on the other ranks."""
+        return get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def load_model_state_dict(self, state: dict) -> None:
+        """Nothing: the sharded weights come back through load_shards, resharded to this world size."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing: the optimizer comes back through load_shards."""
+
+    def _sharded_state(self) -> dict:
+        return {"model": get_model_state_dict(self.module),
+                "optimizer": get_optimizer_state_dict(self.module, self.optimizer)}
+
+    def save_shards(self, directory: Path) -> None:
+        """Collective: every rank writes its shards of weights and optimizer state (torch.distributed.checkpoint)."""
+        dcp.save(self._sharded_state(), checkpoint_id=str(Path(directory) / DCP_DIR))
+
+    def load_shards(self, directory: Path) -> None:
+        """Collective: reads the shards this rank owns now, whatever world size wrote them."""
+        path = Path(directory) / DCP_DIR
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: no FSDP2 checkpoint there (was this run trained with engine.name = fsdp2?)")
+        state = self._sharded_state()
+        dcp.load(state, checkpoint_id=str(path))
+        set_model_state_dict(self.module, state["model"])
+        set_optimizer_state_dict(self.module, self.optimizer, state["optimizer"])
