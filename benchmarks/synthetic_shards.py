@@ -17,7 +17,7 @@ import webdataset as wds
 from PIL import Image
 
 from data_prep.manifest import write_manifest
-from data_prep.wds_index import write_index
+from data_prep.shard_format import shard_stamp, write_index
 
 SOURCE_PX = 96
 CLASSES = 10
@@ -55,8 +55,8 @@ def make_dataset(root: Path, n: int, per_shard: int = 1000) -> tuple[Path, Path]
     writer.close()
     for entry in entries:
         tar = shards_dir / entry["file"]
-        write_index(tar)
         entry["sha256"] = hashlib.sha256(tar.read_bytes()).hexdigest()
+        entry.update(shard_stamp(tar, write_index(tar)))
     write_manifest(shards_dir, {
         "dataset": "synthetic", "classes": [str(c) for c in range(CLASSES)],
         "class_names": {str(c): str(c) for c in range(CLASSES)},

@@ -2,11 +2,14 @@
 
     {"dataset", "classes": [id, ...] (label k is classes[k]), "class_names": {id: name},
      "splits": {split: {"num_samples", "labeled", "shards": [{"file", "index", "num_samples",
-                "sha256"}], "skipped"?: [path, ...]}},
+                "sha256", "size", "fingerprint", "index_sha256"}], "skipped"?: [path, ...]}},
      "image_size": [H, W] or null when sizes vary, "format": "png" | "jpg" | "jpg;png",
      "source", "options", "created_by", "folds"? (STL-10), "verified"? (set by `verify` only)}
 
 It is written last and atomically, so its presence means every shard it lists is complete.
+`sha256` is checked by `verify`; `size`, `fingerprint` and `index_sha256` (shard_format.shard_stamp)
+by the trainer at every start. Manifests from before those three existed still load here; the
+trainer refuses them until `python -m data_prep verify` has added them (after checking every sha256).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""Re-read every shard of a dataset folder and check it against its manifest.
+"""Re-read every shard of a dataset folder and check it against its manifest: the one verifier.
 
 Checks per shard: sha256, the DALI index matches the tar, sample count, each sample has exactly
-one image (jpg/png) that PIL fully decodes, `cls` present iff the split is labeled and in range,
-keys unique within the split. Uses plain `tarfile` (not the writer's library). On success the
-manifest gains `"verified": true`, which the DALI loader requires; on failure that field is removed.
+one image (jpg/png) that PIL fully decodes (a decompression bomb is a bad sample like any other),
+`cls` present iff the split is labeled and in range, keys unique within the split. Uses plain
+`tarfile` (not the writer's library). On success the manifest gains `"verified": true`, which the
+DALI loader requires, and the `size`/`fingerprint`/`index_sha256` the trainer checks at start
+where a manifest from an older data_prep lacks them; on failure `verified` is removed.
 """
 
 from __future__ import annotations
@@ -18,10 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from data_prep.manifest import load_manifest, write_manifest
-from data_prep.wds_index import index_text
-from data_prep.writer import sha256_file
-
-IMAGE_EXTS = ("jpg", "png")
+from data_prep.shard_format import DECODE_ERRORS, IMAGE_EXTS, index_text, sha256_file, shard_stamp
 
 
 @dataclass(frozen=True)
@@ -62,8 +61,9 @@ def verify_dataset(out_dir: str | Path, workers: int = os.cpu_count() or 1) -> V
     for split, entry in manifest["splits"].items():
         seen: set[str] = set()
         for shard in entry["shards"]:
-            keys, problems = next(shard_results)
+            keys, problems, stamp = next(shard_results)
             report.problems += problems
+            shard.update(stamp)  # from bytes whose sha256 matched: right for old and new manifests alike
             report.problems += [Problem(shard["file"], k, f"key repeated in split {split!r}")
                                 for k in keys if k in seen]
             seen.update(keys)
@@ -80,27 +80,30 @@ def verify_dataset(out_dir: str | Path, workers: int = os.cpu_count() or 1) -> V
     return report
 
 
-def _check_shard(out_dir: Path, shard: dict, labeled: bool, num_classes: int) -> tuple[list[str], list[Problem]]:
-    """Returns the shard's sample keys and its problems."""
+def _check_shard(out_dir: Path, shard: dict, labeled: bool,
+                 num_classes: int) -> tuple[list[str], list[Problem], dict]:
+    """Returns the shard's sample keys, its problems, and its stamp (shard_format.shard_stamp) when
+    the tar's sha256 and the index match, else {}."""
     name = shard["file"]
     path = out_dir / name
     if not path.is_file():
-        return [], [Problem(name, None, "missing file")]
+        return [], [Problem(name, None, "missing file")], {}
     problems = []
     if sha256_file(path) != shard["sha256"]:
         problems.append(Problem(name, None, "sha256 differs from the manifest (file changed or corrupt)"))
     try:
         samples = _read_samples(path)
     except (tarfile.TarError, OSError, ValueError) as err:
-        return [], problems + [Problem(name, None, f"not a readable tar ({err})")]
+        return [], problems + [Problem(name, None, f"not a readable tar ({err})")], {}
     index = out_dir / shard["index"]
     if not index.is_file() or index.read_text() != index_text(path):
         problems.append(Problem(name, None, f"DALI index {shard['index']} missing or out of date"))
+    stamp = {} if problems else shard_stamp(path, index)
     if len(samples) != shard["num_samples"]:
         problems.append(Problem(name, None, f"{len(samples)} samples, manifest says {shard['num_samples']}"))
     for key, fields in samples.items():
         problems += [Problem(name, key, m) for m in _sample_problems(fields, labeled, num_classes)]
-    return list(samples), problems
+    return list(samples), problems, stamp
 
 
 def _read_samples(path: Path) -> dict[str, dict[str, bytes]]:
@@ -123,7 +126,7 @@ def _sample_problems(fields: dict[str, bytes], labeled: bool, num_classes: int) 
         try:
             with Image.open(io.BytesIO(fields[ext])) as image:
                 image.load()
-        except (OSError, SyntaxError, ValueError) as err:
+        except DECODE_ERRORS as err:
             problems.append(f"{ext} does not decode ({err})")
     if labeled != ("cls" in fields):
         problems.append("missing cls in a labeled split" if labeled else "cls in an unlabeled split")

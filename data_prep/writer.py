@@ -11,7 +11,6 @@ workers return results in order (`imap`), and tar headers have fixed mtime/owner
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -25,8 +24,8 @@ from tqdm import tqdm
 
 from data_prep.encode import BadImage, Encoded, encode_image
 from data_prep.manifest import manifest_path, write_manifest
+from data_prep.shard_format import index_path, sha256_file, shard_stamp, write_index
 from data_prep.source import Dataset, PrepError, Reader, Split
-from data_prep.wds_index import index_path, write_index
 
 CREATED_BY = "sslscale data_prep 0.1.0"
 CHUNK = 64  # images per worker task: large enough to amortise IPC, small enough to keep order cheap
@@ -70,14 +69,6 @@ def write_dataset(dataset: Dataset, out_dir: Path, options: WriteOptions) -> dic
     return manifest
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_split(split: Split, out_dir: Path, options: WriteOptions,
                  sizes: set[tuple[int, int]], exts: set[str]) -> dict[str, Any]:
     if split.size == 0:
@@ -89,9 +80,9 @@ def _write_split(split: Split, out_dir: Path, options: WriteOptions,
     def publish(partial_name: str) -> None:
         partial = Path(partial_name)
         final = partial.with_name(partial.name.removesuffix(PARTIAL))
-        write_index(partial, index_path(final))
-        shards.append({"file": final.name, "index": index_path(final).name,
-                       "num_samples": counts[partial_name], "sha256": sha256_file(partial)})
+        index = write_index(partial, index_path(final))
+        shards.append({"file": final.name, "index": index.name, "num_samples": counts[partial_name],
+                       "sha256": sha256_file(partial), **shard_stamp(partial, index)})
         os.replace(partial, final)
 
     writer = wds.ShardWriter(str(out_dir / f"{split.name}-%06d.tar{PARTIAL}"), maxcount=options.max_samples,

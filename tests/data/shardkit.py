@@ -18,6 +18,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from data_prep.shard_format import shard_stamp
+
 WDS2IDX = Path(sys.executable).with_name("wds2idx")
 MEAN, STD = [0.5, 0.25, 0.75], [0.2, 0.3, 0.4]
 
@@ -58,7 +60,8 @@ def write_dataset(root: Path, samples: list[tuple[bytes, str, int | None]], spli
         subprocess.run([str(WDS2IDX), tar.name], cwd=root, check=True, capture_output=True)
         shards.append({"file": tar.name, "index": tar.stem + ".idx",
                        "num_samples": len(samples[start : start + per_shard]),
-                       "sha256": hashlib.sha256(tar.read_bytes()).hexdigest()})
+                       "sha256": hashlib.sha256(tar.read_bytes()).hexdigest(),
+                       **shard_stamp(tar, root / f"{tar.stem}.idx")})
     manifest_file = root / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {
         "dataset": "fixture", "classes": [str(c) for c in range(num_classes)],

@@ -1,9 +1,11 @@
-"""Damaged shards: a flipped byte inside an image, a truncated shard, a missing shard, a corrupt JPEG.
+"""Damaged shards: a flipped byte inside an image, a truncated shard, a missing shard, a corrupt JPEG;
+shards from another preparation, a corrupt index line, labels outside the manifest's classes.
 
 The torch backend skips an undecodable sample and counts it (data.on_corrupt=skip) or stops naming the
-shard and key (fail); a shard that is missing or cut short is refused when the loader is built, under
-either policy; the DALI backend, which cannot skip, refuses any shard it cannot vouch for; and
-`python -m data_prep verify` names the shard and the key of each problem.
+shard and key (fail); a shard that is missing, cut short or not the one the manifest lists is refused
+when the loader is built, by either backend; the DALI backend, which cannot skip, reads only verified
+data and writes nothing into the shards folder; and `python -m data_prep verify` names the shard and
+the key of each problem.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from pathlib import Path
 import pytest
 from fault_harness import REPO, clean_env, metric_lines, tiny_args
 
+from data_prep.shard_format import sha256_file, shard_stamp
 from data_prep.verify import verify_dataset
-from data_prep.writer import sha256_file
 from trainer.config import DataConfig
 from trainer.data import build_loader
 from trainer.data.samples import SampleIndex
@@ -40,12 +42,15 @@ def jpeg_shards(tmp_path_factory) -> Path:
     return out / "digits"
 
 
-def damage(src: Path, dst: Path, fault: str, sample: int | None = None) -> tuple[Path, str, str | None]:
+def damage(src: Path, dst: Path, fault: str, sample: int | None = None,
+           unseen: bool = False) -> tuple[Path, str, str | None]:
     """Copy the dataset `src` to `dst` and damage it; returns (dataset, split, key or None of the bad sample).
 
     flipped_byte: one bit pattern inverted inside a PNG's IHDR chunk, whose CRC PIL checks (a flip in
     the compressed pixels can decode silently: only the shard's sha256 catches every flip); corrupt_jpeg: a JPEG whose headers are zeroed, as if the source file were damaged, so
     data_prep hashed it as it is; truncated: a shard cut to half its size; missing: a shard deleted.
+    `unseen`: the flipped byte's shard gets the start-up stamp of its new bytes, as a flip in the middle
+    of a shard larger than the 2 x 64 KiB the loader's start-up check reads would leave it (these are smaller).
     """
     shutil.copytree(src, dst)
     manifest = json.loads((dst / "manifest.json").read_text())
@@ -69,10 +74,19 @@ def damage(src: Path, dst: Path, fault: str, sample: int | None = None) -> tuple
     else:
         data[offset + 2 : offset + size // 2] = bytes(size // 2 - 2)
     shard.write_bytes(bytes(data))
-    if fault == "corrupt_jpeg":
-        manifest["splits"][split]["shards"][shard_id]["sha256"] = sha256_file(shard)
-        (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if fault == "corrupt_jpeg" or unseen:
+        restamp(dst, split, shard_id, sha256=fault == "corrupt_jpeg")
     return dst, split, index.keys[i]
+
+
+def restamp(root: Path, split: str, shard_id: int, sha256: bool) -> None:
+    """Record a changed shard's start-up stamp (and `sha256`) in the manifest, as data_prep would have."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    entry = manifest["splits"][split]["shards"][shard_id]
+    entry.update(shard_stamp(root / entry["file"], root / entry["index"]))
+    if sha256:
+        entry["sha256"] = sha256_file(root / entry["file"])
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
 def source(fault: str, digits_shards: Path, jpeg_shards: Path) -> Path:
@@ -86,7 +100,7 @@ def loader(root: Path, split: str, backend: str = "torch", on_corrupt: str = "sk
 
 @pytest.mark.parametrize("fault", SAMPLE_FAULTS)
 def test_torch_backend_skips_and_counts_a_bad_sample(fault, digits_shards, jpeg_shards, tmp_path):
-    root, split, _ = damage(source(fault, digits_shards, jpeg_shards), tmp_path / "d", fault)
+    root, split, _ = damage(source(fault, digits_shards, jpeg_shards), tmp_path / "d", fault, unseen=True)
     batches = loader(root, split)
     seen = sum(len(b.labels) for b in batches.epoch(0))
     assert seen == batches.num_samples  # the bad sample's place is taken by the next good one
@@ -95,7 +109,7 @@ def test_torch_backend_skips_and_counts_a_bad_sample(fault, digits_shards, jpeg_
 
 @pytest.mark.parametrize("fault", SAMPLE_FAULTS)
 def test_torch_backend_fails_fast_naming_shard_and_key(fault, digits_shards, jpeg_shards, tmp_path):
-    root, split, key = damage(source(fault, digits_shards, jpeg_shards), tmp_path / "d", fault)
+    root, split, key = damage(source(fault, digits_shards, jpeg_shards), tmp_path / "d", fault, unseen=True)
     with pytest.raises(ValueError) as failed:
         for _ in loader(root, split, on_corrupt="fail").epoch(0):
             pass
@@ -116,16 +130,18 @@ def test_missing_or_truncated_shard_is_refused_when_the_loader_is_built(fault, o
 
 
 @pytest.mark.parametrize("fault", [*SAMPLE_FAULTS, *SHARD_FAULTS])
-def test_dali_refuses_unverified_damaged_shards(fault, digits_shards, jpeg_shards, tmp_path):
+def test_dali_refuses_damaged_or_unverified_shards(fault, digits_shards, jpeg_shards, tmp_path):
+    """A damaged shard is refused naming it by the start-up check; the corrupt JPEG, which data_prep
+    hashed as it was, passes that check and is refused because verify has not passed the data."""
     pytest.importorskip("nvidia.dali")
-    root, split, key = damage(source(fault, digits_shards, jpeg_shards), tmp_path / "d", fault)
-    with pytest.raises((ValueError, OSError)) as refused:
+    root, split, _ = damage(source(fault, digits_shards, jpeg_shards), tmp_path / "d", fault)
+    with pytest.raises(ValueError) as refused:
         loader(root, split, backend="dali")
-    shard = {"flipped_byte": "train-000001", "corrupt_jpeg": "test-000000", "truncated": "train-000002",
-             "missing": "train-000003"}[fault]
-    assert f"{shard}.tar" in str(refused.value)
     if fault == "corrupt_jpeg":
-        assert key in str(refused.value)
+        assert "shards not verified" in str(refused.value) and "python -m data_prep verify" in str(refused.value)
+    else:
+        shard = {"flipped_byte": "train-000001", "truncated": "train-000002", "missing": "train-000003"}[fault]
+        assert f"{shard}.tar" in str(refused.value)
 
 
 def test_dali_refuses_a_shard_changed_after_verify(digits_shards, tmp_path):
@@ -136,8 +152,104 @@ def test_dali_refuses_a_shard_changed_after_verify(digits_shards, tmp_path):
     assert verify_dataset(clean, workers=1).ok
     root, split, _ = damage(clean, tmp_path / "d", "flipped_byte")
     assert json.loads((root / "manifest.json").read_text())["verified"] is True
-    with pytest.raises(ValueError, match="train-000001.tar"):
+    with pytest.raises(ValueError, match="train-000001.tar: not the shard"):
         loader(root, split, backend="dali")
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Every entry under root: (mode, mtime_ns, sha256 or '' for a folder)."""
+    return {str(p.relative_to(root)): (p.stat().st_mode, p.stat().st_mtime_ns, sha256_file(p) if p.is_file() else "")
+            for p in sorted([root, *root.rglob("*")])}
+
+
+def test_dali_reads_a_read_only_shards_folder_and_writes_nothing(digits_shards, tmp_path):
+    """launch/docker_run.sh mounts the shards read-only. Tests run as root, which writes through a-w
+    modes, so "writes nothing" is checked as: nothing under the folder changed."""
+    pytest.importorskip("nvidia.dali")
+    root = tmp_path / "ro"
+    shutil.copytree(digits_shards, root)
+    subprocess.run(["chmod", "-R", "a-w", str(root)], check=True)
+    before = snapshot(root)
+    with pytest.raises(ValueError, match="shards not verified.*python -m data_prep verify"):
+        loader(root, "train", backend="dali")
+    assert snapshot(root) == before
+    subprocess.run(["chmod", "-R", "u+w", str(root)], check=True)
+    assert verify_dataset(root, workers=1).ok
+    subprocess.run(["chmod", "-R", "a-w", str(root)], check=True)
+    before = snapshot(root)
+    batch = next(loader(root, "train", backend="dali").epoch(0))
+    assert batch.views[0].shape == (64, 3, 16, 16)
+    assert snapshot(root) == before
+
+
+@pytest.fixture(scope="module")
+def other_preparation(tmp_path_factory) -> Path:
+    """The same digits split by another seed: other images in train, same shard names and counts."""
+    out = tmp_path_factory.mktemp("fault_seed1")
+    subprocess.run([sys.executable, "-m", "data_prep", "digits", "--out", str(out), "--splits", "train",
+                    "--max-samples", "200", "--workers", "1", "--seed", "1"],
+                   check=True, cwd=REPO, capture_output=True, timeout=300)
+    return out / "digits"
+
+
+@pytest.mark.parametrize("swapped", [("train-000000.tar", "train-000000.idx"), ("train-000004.idx",)])
+def test_shards_of_another_preparation_are_refused(swapped, digits_shards, other_preparation, tmp_path):
+    """A tar and index copied from another preparation (here another seed's train/test split, which
+    would mix test images into training) or an index alone: refused at start, naming the file."""
+    root = tmp_path / "mixed"
+    shutil.copytree(digits_shards, root)
+    for name in swapped:
+        shutil.copy(other_preparation / name, root / name)
+    with pytest.raises(ValueError, match=f"{swapped[0]}: not the (shard|index)"):
+        loader(root, "train")
+
+
+def edit_index_line(root: Path, index: str, line_no: int, edit) -> None:
+    lines = (root / index).read_text().splitlines(keepends=True)
+    lines[line_no - 1] = edit(lines[line_no - 1])
+    (root / index).write_text("".join(lines))
+    manifest = json.loads((root / "manifest.json").read_text())
+    entry = next(e for e in manifest["splits"]["train"]["shards"] if e["index"] == index)
+    entry["index_sha256"] = sha256_file(root / index)  # as if data_prep had written it so
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+@pytest.mark.parametrize("edit, named", [(lambda line: "abc\n", "'abc'"),
+                                         (lambda line: line.rstrip("\n") + " stray\n", "stray"),
+                                         (lambda line: line.replace(" ", " x", 1), "'x")])
+def test_a_corrupt_index_line_is_one_error_naming_file_line_and_token(edit, named, digits_shards, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(digits_shards, root)
+    edit_index_line(root, "train-000001.idx", 3, edit)
+    with pytest.raises(ValueError) as refused:
+        loader(root, "train")
+    message = str(refused.value)
+    assert "train-000001.idx:3:" in message and named in message and "\n" not in message
+
+
+def test_labels_outside_the_manifests_classes_are_refused_naming_shard_key_and_value(digits_shards, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(digits_shards, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["classes"] = manifest["classes"][:5]  # labels 5..9 now lie outside it
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    with pytest.raises(ValueError, match=r"train-00000\d\.tar: sample 'train_\d+' has label '[5-9]', not a class "
+                                         r"of .*manifest.json \(0..4\)"):
+        loader(root, "train")
+
+
+@pytest.mark.slow
+def test_a_data_error_is_the_last_line_of_a_failed_run(digits_shards, tmp_path):
+    """`SampleIndex.__del__` used to add `Exception ignored ... '_fds'` after every data error."""
+    root = tmp_path / "d"
+    shutil.copytree(digits_shards, root)
+    edit_index_line(root, "train-000001.idx", 3, lambda line: "abc\n")
+    out = subprocess.run([sys.executable, *tiny_args(root, tmp_path / "runs", "bad_index", steps=1)], check=False,
+                         cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=180)
+    assert out.returncode != 0
+    assert "Exception ignored" not in out.stderr, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert "train-000001.idx:3:" in last and "'abc'" in last, out.stderr[-2000:]
 
 
 def test_data_prep_verify_names_shard_and_key(digits_shards, jpeg_shards, tmp_path):
@@ -164,7 +276,7 @@ def test_data_prep_verify_names_shard_and_key(digits_shards, jpeg_shards, tmp_pa
 def test_training_logs_how_many_samples_it_skipped(digits_shards, tmp_path):
     """The first sample rank 0 reads in epoch 0 is damaged; the run's metrics say one was skipped."""
     first = int(Plan(len(SampleIndex(digits_shards, "train")), 8, 0, 1, seed=0, train=True).batches(0)[0][0])
-    root, _, _ = damage(digits_shards, tmp_path / "d", "flipped_byte", sample=first)
+    root, _, _ = damage(digits_shards, tmp_path / "d", "flipped_byte", sample=first, unseen=True)
     args = tiny_args(root, tmp_path / "runs", "skipped", steps=2)
     out = subprocess.run([sys.executable, *args], check=False, cwd=REPO, env=clean_env(), capture_output=True, text=True,
                          timeout=180)

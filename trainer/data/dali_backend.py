@@ -7,6 +7,11 @@ rebuilt for an exact resume. Feeding encoded bytes read at the offsets of the DA
 (samples.py) keeps the per-epoch permutation of sampling.Plan exact across ranks; decoding and
 augmentation stay in DALI, on the GPU when there is one.
 
+DALI cannot skip a sample (one undecodable image ends the pipeline), so it reads only shards that
+`python -m data_prep verify` passed (`"verified": true` in the manifest), and each is the shard
+verify saw as far as the start-up check tells (size, fingerprint and index sha256, samples.py).
+Nothing is verified or written here: the shards folder may be read-only (launch/docker_run.sh).
+
 Each epoch builds a fresh pipeline seeded from (seed, global_rank, epoch). DALI's random state
 cannot be set to a step, so `epoch(e, start_step=k)` runs and discards the first k batches: a resume
 costs k batches of decoding and augmentation, once.
@@ -20,23 +25,26 @@ import numpy as np
 import torch
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
+from data_prep.manifest import ManifestError, manifest_path
 from trainer.data.dali_pipeline import augment_pipeline
 from trainer.data.samples import SampleIndex
 from trainer.data.sampling import epoch_seed
-from trainer.data.verify import ensure_verified
 from trainer.data.views import ViewSpec
 
 
 class DaliBackend:
     def __init__(self, samples: SampleIndex, views: list[ViewSpec], seed: int, global_rank: int,
                  device: torch.device, mean: list[float], std: list[float], workers: int, batch_size: int):
-        ensure_verified(samples)
+        if samples.manifest.get("verified") is not True:
+            raise ManifestError(f"{manifest_path(samples.root)}: shards not verified, and the DALI backend cannot "
+                                f"skip a bad sample: run `python -m data_prep verify --out {samples.root}` first, "
+                                f"or use data.backend=torch")
         self.samples, self.views, self.seed, self.global_rank = samples, views, seed, global_rank
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())  # DALI needs a device id
         self.device, self.mean, self.std = device, mean, std
         self.workers, self.batch_size = max(1, workers), batch_size
-        self.stats = {"corrupt_skipped": 0}  # never skips: unverified shards are refused above
+        self.stats = {"corrupt_skipped": 0}  # never skips: unverified data is refused above
 
     def _source(self, batches: list[np.ndarray]):
         def read(iteration: int) -> list[np.ndarray]:

@@ -1,7 +1,9 @@
 """Random access to the samples of one split: where each image's bytes lie, and every label.
 
 Built from data_prep's `manifest.json` and the DALI index file (`<shard>.idx`, wds2idx format) of
-each shard, so no tar is scanned at start-up. Both backends read an image as one `pread` at the
+each shard, so no tar is scanned at start-up; each shard's size and fingerprint and its index's sha256
+are checked against the manifest first (data_prep.shard_format.check_stamp, two 64 KiB reads per
+shard), so a tar or index from another preparation is refused, named. Both backends read an image as one `pread` at the
 offset the index gives; that lets them follow our own deterministic sample order (sampling.py)
 instead of a streaming reader's, which is what makes per-epoch coverage across ranks exact.
 Random reads inside tars assume a local disk or page cache; on a slow network file system copy the
@@ -16,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.manifest import load_manifest
-
-IMAGE_EXTS = ("jpg", "jpeg", "png")
+from data_prep.manifest import load_manifest, manifest_path
+from data_prep.shard_format import check_stamp, parse_index
 
 
 @dataclass(frozen=True)
@@ -33,18 +34,25 @@ class SampleIndex:
     """The N samples of a split in manifest order. `labels`: int64[N], -1 where unlabeled."""
 
     def __init__(self, root: str | Path, split: str):
+        self._fds: dict[int, int] = {}  # first, so __del__ has it whatever __init__ raises
         self.root = Path(root)
         self.manifest = load_manifest(self.root)
+        manifest_file = manifest_path(self.root)
         splits = self.manifest["splits"]
         if split not in splits:
-            raise ValueError(f"{self.root / 'manifest.json'}: no split {split!r}; it has {sorted(splits)}")
+            raise ValueError(f"{manifest_file}: no split {split!r}; it has {sorted(splits)}")
         self.split = split
         self.labeled = bool(splits[split]["labeled"])
         self.class_names = [self.manifest["class_names"].get(c, c) for c in self.manifest["classes"]]
         self.shards = [self.root / s["file"] for s in splits[split]["shards"]]
         shard_ids, offsets, sizes, keys, cls_spans = [], [], [], [], []
         for shard_id, entry in enumerate(splits[split]["shards"]):
-            rows = _read_index(self.root / entry["index"], self.shards[shard_id], entry["num_samples"])
+            check_stamp(self.root, entry, manifest_file)
+            index = self.root / entry["index"]
+            rows = parse_index(index, index.read_text())
+            if len(rows) != entry["num_samples"]:
+                raise ValueError(f"{index}: indexes {len(rows)} samples, {manifest_file} says {entry['file']} "
+                                 f"holds {entry['num_samples']}")
             for key, (offset, size), cls_span in rows:
                 shard_ids.append(shard_id)
                 offsets.append(offset)
@@ -55,11 +63,10 @@ class SampleIndex:
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.keys = keys
-        self._fds: dict[int, int] = {}
         self.labels = np.asarray([self._label(i, span) for i, span in enumerate(cls_spans)], dtype=np.int64)
         expected = splits[split]["num_samples"]
         if len(self) != expected:
-            raise ValueError(f"{self.root / 'manifest.json'}: split {split!r} lists {expected} samples, "
+            raise ValueError(f"{manifest_file}: split {split!r} lists {expected} samples, "
                              f"its shard indexes hold {len(self)}")
 
     def __len__(self) -> int:
@@ -75,10 +82,15 @@ class SampleIndex:
     def _label(self, i: int, span: tuple[int, int] | None) -> int:
         if not self.labeled:
             return -1
+        ref = self.ref(i)
         if span is None:
-            ref = self.ref(i)
             raise ValueError(f"{ref.shard}: sample {ref.key!r} has no 'cls' in a labeled split")
-        return int(self._pread(int(self.shard_ids[i]), *span).decode().strip())
+        text = self._pread(int(self.shard_ids[i]), *span).decode("ascii", "replace").strip()
+        num_classes = len(self.class_names)
+        if not (text.isdigit() and int(text) < num_classes):
+            raise ValueError(f"{ref.shard}: sample {ref.key!r} has label {text!r}, not a class of "
+                             f"{manifest_path(self.root)} (0..{num_classes - 1})")
+        return int(text)
 
     def _pread(self, shard_id: int, offset: int, size: int) -> bytes:
         # pread does not move a shared file offset, so the descriptors survive fork into workers
@@ -97,25 +109,3 @@ class SampleIndex:
     def __del__(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
-
-
-def _read_index(path: Path, shard: Path, num_samples: int) -> list[tuple[str, tuple[int, int], tuple[int, int] | None]]:
-    """Parse a wds2idx v1.2 file: per sample, (key, (image offset, size), cls span or None)."""
-    if not path.is_file():
-        raise ValueError(f"{path}: missing DALI index of {shard.name} (data_prep writes it; or run `wds2idx {shard}`)")
-    lines = path.read_text().splitlines()
-    if not lines or not lines[0].startswith("v1.2 "):
-        raise ValueError(f"{path}: not a wds2idx v1.2 index (first line {lines[:1]})")
-    rows = []
-    for line_no, line in enumerate(lines[1:], start=2):
-        fields = line.split()
-        members = {fields[j]: (int(fields[j + 1]), int(fields[j + 2]), fields[j + 3]) for j in range(0, len(fields), 4)}
-        image = next((members[e] for e in IMAGE_EXTS if e in members), None)
-        if image is None:
-            raise ValueError(f"{path}:{line_no}: sample has no image member (one of {IMAGE_EXTS}): {line!r}")
-        key = os.path.basename(image[2]).split(".", 1)[0]
-        cls = members.get("cls")
-        rows.append((key, image[:2], cls[:2] if cls else None))
-    if len(rows) != num_samples:
-        raise ValueError(f"{path}: indexes {len(rows)} samples, the manifest says {shard.name} holds {num_samples}")
-    return rows

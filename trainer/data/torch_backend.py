@@ -22,12 +22,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from data_prep.shard_format import DECODE_ERRORS
 from trainer.data.batch_augment import crop_views, draw_params, photometric
 from trainer.data.samples import SampleIndex
 from trainer.data.sampling import epoch_seed
 from trainer.data.views import ViewSpec
-
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def decode_rgb(data: bytes) -> Image.Image:
