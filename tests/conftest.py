@@ -11,3 +11,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def feature_cache_in_a_temp_folder(tmp_path_factory):
+    """Eval caches features under ~/.cache/sslscale by default; the suite (and the processes it starts,
+    which inherit the environment) keeps them in its own temporary folder."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SSLSCALE_CACHE_DIR", str(tmp_path_factory.mktemp("feature_cache")))
+    yield
+    patch.undo()

@@ -7,7 +7,6 @@ features as 1 and score the same kNN accuracy.
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from safetensors import safe_open
 
 from trainer.eval.cli import main as eval_main
 from trainer.eval.export import main as export_main
+from trainer.eval.features import feature_cache_path
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -53,16 +53,16 @@ def valid_png(path: Path) -> None:
 def test_knn_one_rank_equals_two_ranks(run_dir):
     assert eval_main(["knn", "--run", str(run_dir)]) == 0
     one = json.loads((run_dir / "eval" / "knn.json").read_text())
-    cached = torch.load(run_dir / "eval" / "features_train.pt")
-    shutil.move(run_dir / "eval" / "features_train.pt", run_dir / "eval" / "one_rank.pt")
-    (run_dir / "eval" / "features_test.pt").unlink()
+    cached = torch.load(feature_cache_path(run_dir, "train"))
+    feature_cache_path(run_dir, "train").unlink()
+    feature_cache_path(run_dir, "test").unlink()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     run(str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", "2", "--master-port", str(port),
         "-m", "trainer", "eval", "knn", "--run-dir", str(run_dir), "--batch-size", "64")
     two = json.loads((run_dir / "eval" / "knn.json").read_text())
-    gathered = torch.load(run_dir / "eval" / "features_train.pt")
+    gathered = torch.load(feature_cache_path(run_dir, "train"))
     assert torch.equal(gathered["labels"], cached["labels"]) and gathered["key"] == cached["key"]
     torch.testing.assert_close(gathered["features"], cached["features"], rtol=1e-4, atol=1e-5)
     assert one["top1"] == two["top1"] and 0.0 <= one["top1"] <= 1.0
@@ -77,7 +77,7 @@ def test_label_efficiency_report_and_export(run_dir, tmp_path, capsys):
     for row in study["rows"]:
         assert all(0.0 <= row[k] <= 1.0 for k in ("ssl_linear", "ssl_finetune", "scratch"))
     counts = [r["labeled_samples"] for r in study["rows"]]
-    train_size = len(torch.load(run_dir / "eval" / "features_train.pt")["labels"])
+    train_size = len(torch.load(feature_cache_path(run_dir, "train"))["labels"])
     assert counts[0] < counts[1] == train_size - study["validation_samples"]
     assert set(study["all_labels"]) == {"knn", "linear", "pixel_logreg"}
     valid_png(run_dir / "eval" / "label_efficiency.png")
@@ -99,7 +99,7 @@ def test_label_efficiency_report_and_export(run_dir, tmp_path, capsys):
 def test_class_subset_confusion_and_bad_class(run_dir, capsys):
     assert eval_main(["linear", "--run", str(run_dir), "--classes", "0,1,7", "--epochs", "3"]) == 0
     result = json.loads((run_dir / "eval" / "linear_0-1-7.json").read_text())
-    test_labels = torch.load(run_dir / "eval" / "features_test.pt")["labels"]
+    test_labels = torch.load(feature_cache_path(run_dir, "test"))["labels"]
     assert result["classes"] == ["0", "1", "7"]
     matrix = torch.tensor(result["confusion"])
     assert matrix.shape == (3, 3)

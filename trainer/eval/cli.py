@@ -26,7 +26,7 @@ from trainer.config import DataConfig, EvalConfig
 from trainer.dist import DistContext, init_distributed, shutdown
 from trainer.eval import plots
 from trainer.eval.encoder import Encoder, fresh_backbone, load_encoder
-from trainer.eval.features import cached_features, split_batches, split_images
+from trainer.eval.features import cached_features, feature_cache_path, split_batches, split_images
 from trainer.eval.finetune import finetune
 from trainer.eval.fit import FitConfig
 from trainer.eval.knn import knn_scores
@@ -53,7 +53,7 @@ class Session:
         return self.run_dir / "eval"
 
     def features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.restrict(*cached_features(self.eval_dir, self.encoder.backbone, self.data, split, self.ctx,
+        return self.restrict(*cached_features(self.run_dir, self.encoder.backbone, self.data, split, self.ctx,
                                               self.eval.batch_size))
 
     def images(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,7 +184,8 @@ def cmd_label_efficiency(session: Session, args: argparse.Namespace) -> None:
     if not session.ctx.is_main:
         return
     if not all(torch.equal(f[1], i[1]) for f, i in zip(features, images)):
-        raise RuntimeError("cached features and images disagree on label order; delete eval/features_*.pt")
+        raise RuntimeError("cached features and images disagree on label order; delete "
+                           + ", ".join(str(feature_cache_path(session.run_dir, s)) for s in split))
     train, test = (LabeledSplit(f[0], i[0], f[1]) for f, i in zip(features, images))
     num_classes = len(session.task_names)
     model_cfg = session.encoder.cfg.model

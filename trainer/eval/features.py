@@ -2,9 +2,11 @@
 
 Each rank runs the backbone over its part of the split (the eval loader gives ranks uneven counts),
 then the parts are gathered in rank order: padded to the largest count for `all_gather`, then cut
-back. Features are cached in runs/<name>/eval/features_<split>.pt, keyed by a hash of the backbone
-weights and of what was read, so a new checkpoint or another dataset never reuses stale features.
-The eval loader hands ranks contiguous chunks, so the gathered order is the manifest's for any
+back. Features are cached outside the run folder (which may be read-only), one file per run and
+split under $SSLSCALE_CACHE_DIR (default ~/.cache/sslscale/features), keyed by a hash of the backbone
+weights and of the content read (the manifest's sha256 of every shard of the split, checked against
+the files by their start-up stamp), so a new checkpoint or shards re-made in the same folder never
+reuse stale features. A cache file that cannot be read is recomputed. The eval loader hands ranks contiguous chunks, so the gathered order is the manifest's for any
 number of ranks (and matches `split_images`).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from data_prep.manifest import load_manifest, manifest_path
+from data_prep.shard_format import check_stamp
 from trainer.config import DataConfig
 from trainer.data.views import Batch, ViewSpec
 from trainer.dist import DistContext
@@ -90,25 +95,58 @@ def weights_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def cached_features(cache_dir: Path, backbone: nn.Module, data: DataConfig, split: str, ctx: DistContext,
+def feature_cache_path(run_dir: Path, split: str) -> Path:
+    """Where the features of `split` for the run in `run_dir` are cached: outside the run folder."""
+    root = Path(os.environ.get("SSLSCALE_CACHE_DIR") or Path.home() / ".cache" / "sslscale") / "features"
+    run = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+    return root / f"{run}_{hashlib.sha256(split.encode()).hexdigest()[:8]}.pt"
+
+
+def content_key(backbone: nn.Module, data: DataConfig, split: str) -> str:
+    """What the features depend on: the weights, the split's shard contents (the manifest's sha256s,
+    after checking the files are the ones it lists) and the eval view."""
+    root = Path(data.shards)
+    shards = load_manifest(root)["splits"][split]["shards"]
+    for entry in shards:
+        check_stamp(root, entry, manifest_path(root))
+    return hashlib.sha256(repr((weights_fingerprint(backbone), [s["sha256"] for s in shards], split,
+                                data.image_size, data.mean, data.std)).encode()).hexdigest()
+
+
+def cached_features(run_dir: Path, backbone: nn.Module, data: DataConfig, split: str, ctx: DistContext,
                     batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backbone features and labels of `split`, from the cache when it matches, else extracted on all
-    ranks and written by rank 0 (to a temporary name, then renamed)."""
-    key = hashlib.sha256(repr((weights_fingerprint(backbone), str(Path(data.shards).resolve()), split,
-                               data.image_size, data.mean, data.std)).encode()).hexdigest()
-    path = cache_dir / f"features_{split}.pt"
-    if path.is_file():
-        cached = torch.load(path, weights_only=True)
-        if cached.get("key") == key:
-            return cached["features"], cached["labels"]
+    """Backbone features and labels of `split`, from the cache when its key matches, else extracted on
+    all ranks and written by rank 0 (to a temporary name, then renamed)."""
+    key = content_key(backbone, data, split)
+    path = feature_cache_path(run_dir, split)
+    cached = _read_cache(path) if path.is_file() else None
+    hit = isinstance(cached, dict) and cached.get("key") == key
     comm = ctx.device if dist.is_initialized() and dist.get_backend() == "nccl" else torch.device("cpu")
+    if dist.is_initialized():  # extraction is collective: every rank must take the same branch (caches may be per node)
+        agreed = torch.tensor(int(hit), device=comm)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        hit = bool(agreed.item())
+    if hit:
+        return cached["features"], cached["labels"]
     features, labels = extract(split_batches(data, split, ctx, batch_size), backbone, ctx.device, comm)
     if ctx.is_main:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        torch.save({"key": key, "features": features, "labels": labels}, tmp)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            torch.save({"key": key, "features": features, "labels": labels}, tmp)
+            os.replace(tmp, path)
+        except OSError as err:  # a read-only home: eval still works, it only recomputes next time
+            print(f"warning: {path}: feature cache not written ({err}); set SSLSCALE_CACHE_DIR", file=sys.stderr)
     return features, labels
+
+
+def _read_cache(path: Path) -> dict | None:
+    try:
+        return torch.load(path, weights_only=True)
+    # a damaged file raises RuntimeError, KeyError, EOFError, UnpicklingError...; it is only a cache
+    except Exception as err:  # noqa: BLE001
+        print(f"warning: {path}: unreadable feature cache, recomputing ({type(err).__name__}: {err})", file=sys.stderr)
+        return None
 
 
 def split_images(data: DataConfig, split: str, ctx: DistContext, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
