@@ -108,3 +108,19 @@ def test_class_subset_confusion_and_bad_class(run_dir, capsys):
     valid_png(run_dir / "eval" / "linear_0-1-7_confusion.png")
     assert eval_main(["knn", "--run", str(run_dir), "--classes", "0,eleven"]) == 2
     assert "'eleven'" in capsys.readouterr().err
+
+
+def test_a_read_only_run_folder_is_evaluated_into_out(run_dir, tmp_path):
+    """Tests run as root, which writes through a-w modes, so read-only is checked as: nothing in the run
+    folder changed (the feature cache lives outside it, the results go to --out)."""
+    def snapshot():
+        return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in [run_dir, *run_dir.rglob("*")]}
+
+    subprocess.run(["chmod", "-R", "a-w", str(run_dir)], check=True)
+    try:
+        before = snapshot()
+        assert eval_main(["knn", "--run", str(run_dir), "--out", str(tmp_path / "results")]) == 0
+        assert snapshot() == before
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(run_dir)], check=True)
+    assert 0.0 <= json.loads((tmp_path / "results" / "knn.json").read_text())["top1"] <= 1.0

@@ -1,7 +1,8 @@
 """`python -m trainer eval <knn|linear|finetune|label-efficiency|report> --run runs/<name> [...]`.
 
 Every rank extracts features of its part of each split (features.py); rank 0 alone then fits the
-probes and classifiers, which are small, and writes runs/<name>/eval/*.json and *.png.
+probes and classifiers, which are small, and writes runs/<name>/eval/*.json and *.png (or `--out DIR`,
+which leaves a read-only run folder as it is; the feature cache is outside the run folder either way).
 `--classes a,b,c` turns any of knn/linear/finetune into a k-way task on those classes (labels
 remapped to 0..k-1) and adds a confusion matrix. `--shards DIR` evaluates on another dataset.
 """
@@ -47,10 +48,7 @@ class Session:
     eval: EvalConfig
     class_names: list[str]  # label k -> name
     classes: list[int] | None  # --classes as label ids, or None for all
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.run_dir / "eval"
+    eval_dir: Path  # where results go: --out, or runs/<name>/eval
 
     def features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.restrict(*cached_features(self.run_dir, self.encoder.backbone, self.data, split, self.ctx,
@@ -99,7 +97,8 @@ def open_session(args: argparse.Namespace) -> Session:
     classes = None
     if getattr(args, "classes", None):
         classes = resolve_classes(args.classes, manifest["classes"], manifest["class_names"])
-    return Session(run_dir, ctx, encoder, data, replace(cfg.eval, **overrides), names, classes)
+    return Session(run_dir, ctx, encoder, data, replace(cfg.eval, **overrides), names, classes,
+                   Path(args.out) if args.out else run_dir / "eval")
 
 
 def confusion(session: Session, name: str, predictions: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -243,7 +242,7 @@ def cmd_report(session: Session, args: argparse.Namespace) -> None:
         figures["label efficiency"] = out / "label_efficiency.png"
         if not figures["label efficiency"].is_file():
             plots.label_efficiency_chart(study["rows"], METHODS, figures["label efficiency"])
-    path = write_report(session.run_dir, replace(session.encoder.cfg, eval=session.eval), knn, figures,
+    path = write_report(session.run_dir, out, replace(session.encoder.cfg, eval=session.eval), knn, figures,
                         steps_trained)
     print(f"report: {path}")
 
@@ -270,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", "--run-dir", dest="run", required=True,
                         help="run directory (runs/<name>); --run-dir under torchrun")
     parser.add_argument("--shards", help="dataset folder to evaluate on (default: the run's data.shards)")
+    parser.add_argument("--out", help="folder for the results (default: runs/<name>/eval); for a read-only run")
     parser.add_argument("--train-split", help="labeled split to fit on (default: eval.train_split)")
     parser.add_argument("--test-split", help="split to score (default: eval.test_split)")
     parser.add_argument("--batch-size", type=int, help="feature-extraction batch per device (eval.batch_size)")

@@ -51,9 +51,9 @@ def study_section(study: dict | None) -> list[str]:
     return lines
 
 
-def write_report(run_dir: Path, cfg: Config, knn: dict, figures: dict[str, Path], steps_trained: int | None) -> Path:
-    """Write eval/report.md; `figures` maps a caption to a PNG inside eval/."""
-    eval_dir = run_dir / "eval"
+def write_report(run_dir: Path, eval_dir: Path, cfg: Config, knn: dict, figures: dict[str, Path],
+                 steps_trained: int | None) -> Path:
+    """Write eval_dir/report.md from the results there; `figures` maps a caption to a PNG inside eval_dir."""
     lines = [f"# {run_dir.name}: {cfg.method.name} on {Path(cfg.data.shards).name}", "",
              (f"Backbone {cfg.model.backbone} (width {cfg.model.width}, small stem {cfg.model.small_stem}), "
              f"{cfg.data.image_size} px, global batch {cfg.train.global_batch_size}, "
