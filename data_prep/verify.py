@@ -10,6 +10,7 @@ where a manifest from an older data_prep lacks them; on failure `verified` is re
 
 from __future__ import annotations
 
+import copy
 import io
 import multiprocessing
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from data_prep.manifest import load_manifest, write_manifest
+from data_prep.manifest import MANIFEST_NAME, load_manifest, write_manifest
 from data_prep.shard_format import DECODE_ERRORS, IMAGE_EXTS, index_text, sha256_file, shard_stamp
 
 
@@ -49,6 +50,7 @@ def verify_dataset(out_dir: str | Path, workers: int = os.cpu_count() or 1) -> V
     """Check every shard listed in `out_dir/manifest.json`; mark the manifest verified if all pass."""
     out_dir = Path(out_dir)
     manifest = load_manifest(out_dir)
+    before = copy.deepcopy(manifest)
     report = VerifyReport(out_dir)
     jobs = [(out_dir, shard, entry["labeled"], len(manifest["classes"]))
             for entry in manifest["splits"].values() for shard in entry["shards"]]
@@ -74,9 +76,13 @@ def verify_dataset(out_dir: str | Path, workers: int = os.cpu_count() or 1) -> V
                                            f"{len(seen)} samples, manifest says {entry['num_samples']}"))
     if report.ok:
         manifest["verified"] = True
-        write_manifest(out_dir, manifest)
-    elif manifest.pop("verified", None) is not None:
-        write_manifest(out_dir, manifest)
+    else:
+        manifest.pop("verified", None)
+    if manifest != before:  # a verified, read-only dataset can be re-verified
+        try:
+            write_manifest(out_dir, manifest)
+        except OSError as err:
+            report.problems.append(Problem(MANIFEST_NAME, None, f"the result could not be recorded ({err})"))
     return report
 
 

@@ -125,3 +125,16 @@ def test_verify_adds_the_start_up_stamp_to_an_older_manifest(shards: Path):
     assert verify_dataset(shards, workers=1).ok
     assert {key: load_json(shards / "manifest.json")["splits"]["test"]["shards"][-1][key] for key in STAMP_KEYS} == stamp
     assert len(SampleIndex(shards, "test")) == 360
+
+
+def test_a_manifest_that_cannot_be_written_is_a_problem_not_a_traceback(shards: Path, capsys):
+    """A directory where the manifest's temporary file goes makes the write fail even as root (the
+    tests' user, for whom modes do not stop writes); once recorded, re-verifying writes nothing."""
+    (shards / "manifest.json.partial").mkdir()
+    assert run_cli("verify", "--out", shards, "--workers", 1) == 1
+    assert "manifest.json: the result could not be recorded" in capsys.readouterr().err
+    assert "verified" not in load_json(shards / "manifest.json")
+    (shards / "manifest.json.partial").rmdir()
+    assert verify_dataset(shards, workers=1).ok
+    (shards / "manifest.json.partial").mkdir()
+    assert verify_dataset(shards, workers=1).ok  # nothing to record: the folder may be read-only
