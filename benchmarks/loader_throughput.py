@@ -30,8 +30,8 @@ from benchmarks.synthetic_shards import make_dataset
 from trainer.config import DataConfig
 from trainer.data import build_loader
 from trainer.data.params import blur_kernel_size
-from trainer.data.views import ViewSpec
 from trainer.dist import DistContext
+from trainer.types import ViewSpec
 
 
 def simclr_view(size: int) -> ViewSpec:

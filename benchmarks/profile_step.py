@@ -22,9 +22,9 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from benchmarks.common import add_common_args, device_label, setup, sync
 from benchmarks.step import autocast, synthetic_views
 from trainer.config import load_config
-from trainer.data.views import Batch
 from trainer.dist import DistContext
 from trainer.methods import METHODS
+from trainer.types import Batch
 
 PHASES = ("data", "forward", "backward", "optimizer", "sync")
 

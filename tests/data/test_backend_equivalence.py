@@ -17,8 +17,8 @@ from shardkit import MEAN, STD, encode, write_dataset
 
 from trainer.config import DataConfig
 from trainer.data import build_loader
-from trainer.data.views import ViewSpec
 from trainer.dist import DistContext
+from trainer.types import ViewSpec
 
 IMAGES, VIEWS, SIZE, OUT = 48, 8, 64, 16  # n = 384 draws per backend
 # where the DALI graph runs: its CPU mode everywhere, its GPU ops (a different colour path) on a GPU

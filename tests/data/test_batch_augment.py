@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import functional as F
 
 import trainer.data.batch_augment as ba
 from trainer.data.params import LUMA, colour_matrix
-from trainer.data.views import ViewSpec
+from trainer.types import ViewSpec
 
 SPEC = ViewSpec(size=24, blur_prob=0.5, solarize_prob=0.3)
 

@@ -12,8 +12,8 @@ from shardkit import MEAN, STD, encode, write_dataset
 
 from trainer.config import DataConfig
 from trainer.data import build_loader
-from trainer.data.views import ViewSpec
 from trainer.dist import DistContext
+from trainer.types import ViewSpec
 
 S = 16
 EXACT = ViewSpec(size=S, scale=(1, 1), ratio=(1, 1), flip_prob=0, jitter_prob=0, gray_prob=0)

@@ -16,8 +16,8 @@ from PIL import Image
 
 from trainer.config import DataConfig
 from trainer.data import build_loader
-from trainer.data.views import ViewSpec
 from trainer.dist import DistContext
+from trainer.types import ViewSpec
 
 pytestmark = pytest.mark.slow
 RESIZE = ViewSpec(size=32, scale=(1, 1), ratio=(1, 1), flip_prob=0, jitter_prob=0, gray_prob=0)

@@ -16,7 +16,7 @@ LIVE_BACKEND = textwrap.dedent("""
     import sys
     from trainer.config import DataConfig
     from trainer.data import build_loader
-    from trainer.data.views import ViewSpec
+    from trainer.types import ViewSpec
     from trainer.dist import DistContext
 
     data = DataConfig(shards=sys.argv[1], backend="torch", workers=2)

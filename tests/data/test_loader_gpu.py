@@ -8,8 +8,8 @@ from shardkit import MEAN, STD, coded_dataset, decode_ids
 
 from trainer.config import DataConfig
 from trainer.data import build_loader
-from trainer.data.views import ViewSpec
 from trainer.dist import DistContext
+from trainer.types import ViewSpec
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

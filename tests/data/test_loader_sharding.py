@@ -13,8 +13,8 @@ from shardkit import MEAN, STD, coded_dataset, decode_ids, encode, write_dataset
 
 from trainer.config import DataConfig
 from trainer.data import build_loader
-from trainer.data.views import ViewSpec
 from trainer.dist import DistContext
+from trainer.types import ViewSpec
 
 N, B, W = 50, 4, 3
 IDENTITY = ViewSpec(size=8, scale=(1, 1), ratio=(1, 1), flip_prob=0, jitter_prob=0, gray_prob=0)

@@ -11,9 +11,9 @@ from shardkit import encode, write_dataset
 from trainer.config import DataConfig, load_config
 from trainer.data import build_loader
 from trainer.data.params import blur_kernel_size
-from trainer.data.views import ViewSpec
 from trainer.dist import DistContext
 from trainer.methods import METHODS
+from trainer.types import ViewSpec
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from shardkit import encode, write_dataset
 
 from trainer.config import DataConfig
 from trainer.data.show import PAD, main, render_grid
-from trainer.data.views import ViewSpec
 from trainer.methods import METHODS
+from trainer.types import ViewSpec
 
 
 @pytest.fixture(scope="module")

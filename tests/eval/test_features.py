@@ -8,9 +8,9 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from trainer.data.views import Batch
 from trainer.dist import init_distributed, shutdown
 from trainer.eval.features import extract
+from trainer.types import Batch
 
 PARTS = [(0, 5), (5, 5), (5, 9)]  # rank r extracts samples [start, stop): 5, 0 and 4 samples
 

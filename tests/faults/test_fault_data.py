@@ -25,8 +25,8 @@ from trainer.config import DataConfig
 from trainer.data import build_loader
 from trainer.data.samples import SampleIndex
 from trainer.data.sampling import Plan
-from trainer.data.views import ViewSpec
 from trainer.dist import DistContext
+from trainer.types import ViewSpec
 
 RESIZE = ViewSpec(16, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0, gray_prob=0.0)
 SAMPLE_FAULTS = ("flipped_byte", "corrupt_jpeg")

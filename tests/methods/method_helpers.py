@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from trainer.config import load_config
-from trainer.data.views import Batch, ViewSpec
 from trainer.methods import METHODS
+from trainer.types import Batch, ViewSpec
 
 
 def tiny_method(name: str, *, image_size: int = 16, local_crops: int = 1, width: int = 8, head_dim: int = 32):

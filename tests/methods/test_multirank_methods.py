@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from method_helpers import random_batch, tiny_method, without_batchnorm
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.data.views import Batch
+from trainer.types import Batch
 
 NAMES = ("simclr", "byol", "vicreg")
 PER_RANK = 2

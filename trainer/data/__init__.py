@@ -16,8 +16,8 @@ from trainer.config import DataConfig
 from trainer.data.samples import SampleIndex
 from trainer.data.sampling import Plan
 from trainer.data.torch_backend import TorchBackend
-from trainer.data.views import Batch, ViewSpec
 from trainer.dist import DistContext
+from trainer.types import Batch, ViewSpec
 
 __all__ = ["Batch", "Loader", "ViewSpec", "build_loader"]
 

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import get_worker_info
 
 from trainer.data.params import LUMA, SOLARIZE_THRESHOLD, blur_kernel_size, colour_matrix, jitter_ranges
-from trainer.data.views import ViewSpec
+from trainer.types import ViewSpec
 
 CROP_TRIES = 10  # torchvision's RandomResizedCrop draws up to 10 boxes before its fallback
 _LUMA = torch.tensor(LUMA)

@@ -29,7 +29,7 @@ from data_prep.manifest import ManifestError, manifest_path
 from trainer.data.dali_pipeline import augment_pipeline
 from trainer.data.samples import SampleIndex
 from trainer.data.sampling import epoch_seed
-from trainer.data.views import ViewSpec
+from trainer.types import ViewSpec
 
 
 class DaliBackend:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from nvidia.dali import fn, math, pipeline_def, types
 
 from trainer.data.params import SOLARIZE_THRESHOLD, blur_kernel_size, jitter_ranges
-from trainer.data.views import ViewSpec
+from trainer.types import ViewSpec
 
 
 def _on(node, device: str):

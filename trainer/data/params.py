@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.data.views import ViewSpec
+from trainer.types import ViewSpec
 
 SOLARIZE_THRESHOLD = 128  # uint8 pixels >= this are inverted (BYOL: x >= 0.5 -> 1 - x)
 LUMA = (0.299, 0.587, 0.114)  # BT.601 grey, the Y of YIQ

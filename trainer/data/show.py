@@ -16,8 +16,8 @@ from torchvision.utils import make_grid, save_image
 
 from trainer.config import DataConfig, load_config
 from trainer.data import build_loader
-from trainer.data.views import ViewSpec
 from trainer.dist import DistContext
+from trainer.types import ViewSpec
 
 PAD = 2
 

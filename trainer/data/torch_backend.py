@@ -26,7 +26,7 @@ from data_prep.shard_format import DECODE_ERRORS
 from trainer.data.batch_augment import crop_views, draw_params, photometric
 from trainer.data.samples import SampleIndex
 from trainer.data.sampling import epoch_seed
-from trainer.data.views import ViewSpec
+from trainer.types import ViewSpec
 
 
 def decode_rgb(data: bytes) -> Image.Image:

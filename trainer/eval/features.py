@@ -25,8 +25,8 @@ from torch import nn
 from data_prep.manifest import load_manifest, manifest_path
 from data_prep.shard_format import check_stamp
 from trainer.config import DataConfig
-from trainer.data.views import Batch, ViewSpec
 from trainer.dist import DistContext
+from trainer.types import Batch, ViewSpec
 
 
 def eval_view(size: int) -> ViewSpec:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from trainer.config import AugConfig, DataConfig
-from trainer.data.views import SIMCLR_JITTER, ViewSpec
+from trainer.types import SIMCLR_JITTER, ViewSpec
 
 BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)  # BYOL (and VICReg) table 6: weaker saturation than SimCLR
 

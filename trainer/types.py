@@ -1,13 +1,13 @@
-"""Augmentations declared as data, and the batch every loader yields.
+"""The contract's types, in one neutral module that methods, data and engines all import.
 
-A `ViewSpec` says what one view of an image is; each method lists its views (trainer/methods/), and
-each backend (torch in trainer/data/, DALI too) compiles the same list into its own ops, so the two
-backends draw from the same distributions.
+A `ViewSpec` says what one view of an image is (augmentation declared as data: each method lists its
+views, each data backend compiles the list into its own ops); the loader yields `Batch`es; a method
+returns a `MethodOutput`. Nothing here imports the rest of `trainer`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -43,3 +43,13 @@ class Batch:
 
     views: list[torch.Tensor]
     labels: torch.Tensor | None = None
+
+
+@dataclass
+class MethodOutput:
+    """`loss`: scalar with graph; `metrics`: detached scalars (loss terms, collapse metrics);
+    `features`: detached backbone features of view 0, [B, feature_dim], for the online probe."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    features: torch.Tensor | None = None
