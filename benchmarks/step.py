@@ -37,11 +37,11 @@ from benchmarks.common import (
     write_results,
 )
 from trainer.config import load_config
-from trainer.data.views import Batch
 from trainer.dist import DistContext
 from trainer.engine import build_engine, make_plan
 from trainer.methods import METHODS
 from trainer.models.backbones import build_backbone
+from trainer.types import Batch
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -89,9 +89,10 @@ def our_setup(name: str, backbone: str, size: int, batch: int, run: dict, device
     counter = {"step": 0}
 
     def step(batch: Batch) -> None:
-        engine.step([batch], plan.lr)
-        engine.module.after_step(counter["step"], plan.total_steps)
+        engine.module.before_step(counter["step"], plan.total_steps)
+        engine.step([batch], plan.lr, counter["step"])
         counter["step"] += 1
+        engine.module.after_step(counter["step"], plan.total_steps)
 
     return step, [s.size for s in specs], cfg
 

@@ -2,8 +2,9 @@
 
     config -> process group -> loader -> plan (derived sizes, logged) -> method -> engine
     -> resume the latest valid checkpoint -> for each optimizer step:
-         fetch accumulation_steps micro-batches, engine.step (forward/backward/step), method.after_step
-         (EMA), online probe, window metrics; at log cadence: one host sync, non-finite check, logs;
+         fetch accumulation_steps micro-batches, method.before_step (schedules), engine.step
+         (forward/backward/step), method.after_step (EMA), online probe, window metrics;
+         at log cadence: one host sync, non-finite check, logs;
          checkpoint when due; on SIGUSR1/SIGTERM every rank saves together and exits 75.
 """
 
@@ -122,10 +123,11 @@ def run(cfg: Config, ctx: DistContext) -> int:
 
                 lr = lr_at(step, peak_lr=plan.lr, warmup_steps=plan.warmup_steps, total_steps=total,
                            final_lr_ratio=cfg.optim.final_lr_ratio)
-                outputs = engine.step(micro, lr)
+                meter.add_host({"lr": lr, **engine.module.before_step(step, total)})
+                outputs = engine.step(micro, lr, step)
                 step += 1
                 window_steps += 1
-                meter.add_host({"lr": lr, **engine.module.after_step(step, total)})
+                meter.add_host(engine.module.after_step(step, total))
                 for out, batch in zip(outputs, micro):
                     meter.add_loss(out.loss, step)
                     meter.add({"loss": out.loss, **out.metrics})

@@ -5,11 +5,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from method_helpers import random_batch, tiny_method
+from method_helpers import random_batch, tiny_method, without_batchnorm
 
-from trainer.data.views import Batch
 from trainer.losses import byol_loss, nt_xent_loss, vicreg_loss
 from trainer.methods import METHODS
+from trainer.methods.base import Method
+from trainer.types import Batch
 
 
 @pytest.fixture(params=sorted(METHODS))
@@ -30,17 +31,37 @@ def test_forward_backward_contract(name):
     assert all(p.grad is not None for p in method.backbone.parameters())
     assert method.backbone.conv1.weight.grad.abs().sum() > 0
 
-    grouped = [p for group in method.parameter_groups() for p in group["params"]]
+    grouped = [p for group in method.parameter_groups() for _, p in group["params"]]
     assert all(isinstance(group["name"], str) for group in method.parameter_groups())
     assert len({id(p) for p in grouped}) == len(grouped)  # no parameter twice
     assert {id(p) for p in grouped} == {id(p) for p in method.parameters() if p.requires_grad}
+
+
+def test_embeddings_concatenate_over_micro_batches(name):
+    """The gradient-cache split: embed() of two micro-batches, concatenated on dim 0, is embed() of the
+    whole batch, and loss() of that equals forward() of the whole batch (BatchNorm removed: its batch
+    statistics are per micro-batch by design; float64, so equal to rounding)."""
+    assert issubclass(METHODS[name], Method) and isinstance(METHODS[name].couples_samples, bool)
+    torch.manual_seed(0)
+    method, views = tiny_method(name)
+    method = without_batchnorm(method).double()
+    batch = random_batch(views, 6, dtype=torch.float64)
+    halves = [Batch([v[:2] for v in batch.views]), Batch([v[2:] for v in batch.views])]
+    whole = method.embed(batch)
+    parts = [method.embed(h) for h in halves]
+    assert len(whole) == len(parts[0]) and all(e.shape[0] == 6 for e in whole)
+    joined = [torch.cat(es) for es in zip(*parts)]
+    for got, want in zip(joined, whole):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(method.loss(joined, batch).loss, method(batch).loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(whole[0], method.backbone(batch.views[0]), rtol=1e-12, atol=1e-12)
 
 
 def test_loss_decreases_on_a_fixed_batch(name):
     torch.manual_seed(0)
     method, views = tiny_method(name)
     batch = random_batch(views, 8)
-    optimizer = torch.optim.Adam(method.parameter_groups(), lr=1e-3)
+    optimizer = torch.optim.Adam(method.parameters(), lr=1e-3)
     losses = []
     for step in range(1, 7):
         loss = method(batch).loss
@@ -85,10 +106,10 @@ def test_byol_target_moves_only_by_ema():
     targets = [*method.target_backbone.parameters(), *method.target_projector.parameters()]
     onlines = [*method.backbone.parameters(), *method.projector.parameters()]
     assert not any(t.requires_grad for t in targets)
-    grouped = {id(p) for group in method.parameter_groups() for p in group["params"]}
+    grouped = {id(p) for group in method.parameter_groups() for _, p in group["params"]}
     assert not grouped & {id(t) for t in targets}
 
-    optimizer = torch.optim.SGD(method.parameter_groups(), lr=0.5)
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
     before = [t.detach().clone() for t in targets]
     method(random_batch(views, 8)).loss.backward()
     optimizer.step()  # trains the online network only; also refreshes BN running stats of both

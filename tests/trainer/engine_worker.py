@@ -15,11 +15,11 @@ import torch
 import torch.distributed as dist
 
 from trainer.config import Config, DataConfig, EngineConfig, ModelConfig, OptimConfig, TrainConfig
-from trainer.data.views import Batch
 from trainer.dist import init_distributed
 from trainer.engine import build_engine, make_plan
 from trainer.loop import seed_everything
 from trainer.methods import METHODS
+from trainer.types import Batch
 
 SMALL = {"simclr": {"proj_hidden_dim": 16, "proj_output_dim": 8},
          "byol": {"proj_hidden_dim": 16, "proj_output_dim": 8, "pred_hidden_dim": 16},
@@ -77,7 +77,7 @@ def main(out_path: str) -> None:
                 record = {"loss": [], "rank_diff": []}
                 for step in range(STEPS):
                     micro = batches(len(views), views[0].size, ctx.global_rank, step, labels=False)
-                    outputs = engine.step(micro, lr=run_plan.lr * (step + 1) / STEPS)
+                    outputs = engine.step(micro, lr=run_plan.lr * (step + 1) / STEPS, step=step)
                     engine.module.after_step(step + 1, run_plan.total_steps)
                     loss = torch.stack([o.loss.detach() for o in outputs]).mean()
                     dist.all_reduce(loss)

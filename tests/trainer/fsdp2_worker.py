@@ -23,20 +23,22 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
 from trainer.config import Config, EngineConfig, OptimConfig, TrainConfig
-from trainer.data.views import Batch
 from trainer.dist import all_gather_with_grad, init_distributed
 from trainer.engine import build_engine, make_plan
 from trainer.loop import seed_everything
-from trainer.methods.base import MethodOutput
+from trainer.methods.base import Method
+from trainer.types import Batch, MethodOutput
 
 STEPS = 3
 MOMENTUM = 0.9  # EMA teacher
 
 
-class TinyViTMethod(nn.Module):
+class TinyViTMethod(Method):
     """A ViT (timm, 32 px, patch 4, 2 blocks) + BN-free head; loss couples the gathered batch (as a
     contrastive loss does): mean squared distance of each embedding to the global batch mean of the
     other view's (teacher's, with `ema`) embeddings."""
+
+    couples_samples = True
 
     def __init__(self, ema: bool):
         super().__init__()
@@ -61,7 +63,7 @@ class TinyViTMethod(nn.Module):
         return MethodOutput(loss, {}, features.detach())
 
     def parameter_groups(self) -> list[dict]:
-        return [{"name": "all", "params": [p for n, p in self.named_parameters() if not n.startswith("teacher.")]}]
+        return [{"name": "all", "params": [(n, p) for n, p in self.named_parameters() if not n.startswith("teacher.")]}]
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> dict[str, float]:
@@ -113,7 +115,7 @@ def train(out: Path, ctx) -> None:
             engine, plan = build(variant, engine_name, ctx)
             losses = []
             for step in range(STEPS):
-                outputs = engine.step(batches(ctx.global_rank, ctx.world_size, step), lr=plan.lr)
+                outputs = engine.step(batches(ctx.global_rank, ctx.world_size, step), lr=plan.lr, step=step)
                 engine.module.after_step(step + 1, plan.total_steps)
                 loss = torch.stack([o.loss.detach() for o in outputs]).mean()
                 dist.all_reduce(loss)

@@ -8,13 +8,13 @@ from tolerance import rounding_bound
 from torch import nn
 
 from trainer.config import Config, EngineConfig, OptimConfig, TrainConfig
-from trainer.data.views import Batch
 from trainer.dist import DistContext
 from trainer.engine import build_engine, make_plan
-from trainer.methods.base import MethodOutput
+from trainer.methods.base import Method
+from trainer.types import Batch, MethodOutput
 
 
-class PerSampleMethod(nn.Module):
+class PerSampleMethod(Method):
     """BN-free toy method whose loss is a mean over samples: [B,3,4,4] -> linear -> squared view gap."""
 
     def __init__(self):
@@ -23,16 +23,15 @@ class PerSampleMethod(nn.Module):
         self.backbone = nn.Sequential(nn.Flatten(), nn.Linear(48, 6), nn.ReLU(), nn.Linear(6, 4))
         self.feature_dim = 4
 
-    def forward(self, batch: Batch) -> MethodOutput:
-        a, b = (self.backbone(v) for v in batch.views)
+    couples_samples = False
+
+    def embed(self, batch: Batch) -> list[torch.Tensor]:
+        return [self.backbone(v) for v in batch.views]
+
+    def loss(self, embeddings: list[torch.Tensor], batch: Batch) -> MethodOutput:
+        a, b = embeddings
         loss = ((a - b + 1) ** 2).sum(1).mean()
         return MethodOutput(loss, {}, a.detach())
-
-    def parameter_groups(self):
-        return [{"name": "backbone", "params": list(self.parameters())}]
-
-    def after_step(self, step, total_steps):
-        return {}
 
 
 def engine_for(global_batch: int, per_device: int, nonfinite: str = "stop", dtype=torch.float32):
@@ -57,8 +56,8 @@ def test_accumulation_2x8_equals_batch_16():
     assert (plan_big.accumulation_steps, plan_acc.accumulation_steps) == (1, 2)
     for step in range(3):
         views = data(step, torch.float64)
-        out_big = big.step([Batch(views)], lr=plan_big.lr)
-        out_acc = acc.step([Batch([v[:8] for v in views]), Batch([v[8:] for v in views])], lr=plan_acc.lr)
+        out_big = big.step([Batch(views)], lr=plan_big.lr, step=step)
+        out_acc = acc.step([Batch([v[:8] for v in views]), Batch([v[8:] for v in views])], lr=plan_acc.lr, step=step)
         torch.testing.assert_close(out_big[0].metrics["grad_norm"], out_acc[-1].metrics["grad_norm"])
     assert out_big[0].metrics["grad_norm"] > 0.5  # clipping was active
     # each step moves a weight by at most lr x the clipped norm; the two runs sum the same 16 samples'
@@ -70,16 +69,16 @@ def test_accumulation_2x8_equals_batch_16():
 
 def test_skip_policy_leaves_weights_and_momentum_untouched():
     engine, plan = engine_for(16, 16, nonfinite="skip")
-    engine.step([Batch(data(0))], lr=plan.lr)
+    engine.step([Batch(data(0))], lr=plan.lr, step=0)
     before = [p.detach().clone() for p in engine.module.parameters()]
     momentum = [engine.optimizer.state[p]["momentum_buffer"].clone() for p in engine.module.parameters()]
     bad = data(1)
     bad[0][3, 0, 0, 0] = float("nan")
-    out = engine.step([Batch(bad)], lr=plan.lr)
+    out = engine.step([Batch(bad)], lr=plan.lr, step=1)
     assert not torch.isfinite(out[0].loss)
     for p, b, m in zip(engine.module.parameters(), before, momentum):
         assert torch.equal(p, b) and torch.equal(engine.optimizer.state[p]["momentum_buffer"], m)
-    engine.step([Batch(data(2))], lr=plan.lr)  # and training goes on from there
+    engine.step([Batch(data(2))], lr=plan.lr, step=2)  # and training goes on from there
     assert all(torch.isfinite(p).all() for p in engine.module.parameters())
     assert any(not torch.equal(p, b) for p, b in zip(engine.module.parameters(), before))
 
@@ -97,14 +96,14 @@ def test_skip_policy_restores_batchnorm_running_stats():
                  train=TrainConfig(global_batch_size=16, nonfinite="skip"))
     plan = make_plan(cfg, 1, torch.device("cpu"), loader_steps_per_epoch=100)
     engine = build_engine(cfg, plan, BatchNormMethod(), DistContext())
-    engine.step([Batch(data(0))], lr=plan.lr)
+    engine.step([Batch(data(0))], lr=plan.lr, step=0)
     before = {k: v.clone() for k, v in engine.module.state_dict().items()}
     bad = data(1)
     bad[0][3, 0, 0, 0] = float("nan")
-    engine.step([Batch(bad)], lr=plan.lr)
+    engine.step([Batch(bad)], lr=plan.lr, step=1)
     for key, value in engine.module.state_dict().items():
         assert torch.equal(value, before[key]), key
-    engine.step([Batch(data(2))], lr=plan.lr)
+    engine.step([Batch(data(2))], lr=plan.lr, step=2)
     assert not torch.equal(engine.module.backbone[2].running_mean, before["backbone.2.running_mean"])
 
 

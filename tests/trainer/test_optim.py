@@ -11,7 +11,7 @@ from tolerance import rounding_bound
 from torch import nn
 
 from trainer.config import OptimConfig
-from trainer.optim import LARS, build_optimizer, lr_at
+from trainer.optim import LARS, build_optimizer, cosine, lr_at, set_hyperparameters
 
 
 def lars_reference(p, g, buf, lr, wd, momentum, eta):
@@ -33,7 +33,7 @@ def test_lars_matches_float64_reference_over_steps():
     model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
     with torch.no_grad():
         model[2].weight.zero_()  # |p| = 0: the trust ratio must fall back to 1
-    groups = [{"name": "all", "params": list(model.parameters())}]
+    groups = [{"name": "all", "params": list(model.named_parameters())}]
     cfg = OptimConfig(name="lars", weight_decay=0.05, momentum=0.9, trust_coefficient=0.01)
     opt = build_optimizer(cfg, groups, lr=0.7)
     assert isinstance(opt, LARS)
@@ -54,7 +54,7 @@ def test_lars_matches_float64_reference_over_steps():
 
 def test_groups_split_no_decay_for_vectors():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
-    groups = [{"name": "backbone", "params": list(model.parameters())}]
+    groups = [{"name": "backbone", "params": list(model.named_parameters())}]
     for name in ("lars", "sgd", "adamw"):
         opt = build_optimizer(OptimConfig(name=name, weight_decay=0.1), groups, lr=1.0)
         by_name = {g["name"]: g for g in opt.param_groups}
@@ -73,3 +73,72 @@ def test_schedule_warmup_then_cosine(final_ratio):
     assert lrs[9] == pytest.approx(final + (2.0 - final) * 0.5 * (1 + math.cos(math.pi * 5 / 10)))
     assert lrs[14] == pytest.approx(final) and lrs[15] == pytest.approx(final)
     assert all(a >= b for a, b in itertools.pairwise(lrs[3:]))
+
+
+def test_cosine_warmup_from_and_constant_after_warmup():
+    """DINO's teacher temperature: linear 0.04 -> 0.07 over the warmup, then constant (start == end)."""
+    temps = [cosine(s, start=0.07, end=0.07, total_steps=10, warmup_steps=3, warmup_from=0.04) for s in range(12)]
+    assert temps[:3] == pytest.approx([0.05, 0.06, 0.07])
+    assert temps[3:] == pytest.approx([0.07] * 9)
+    # EMA momentum from 0.996 up to 1: 1 - (1 - 0.996)(cos(pi s / T) + 1) / 2, no warmup
+    taus = [cosine(s, start=0.996, end=1.0, total_steps=8) for s in range(9)]
+    assert taus == pytest.approx([1 - 0.004 * (math.cos(math.pi * s / 8) + 1) / 2 for s in range(9)], abs=1e-15)
+
+
+class TinyViT(nn.Module):
+    """The parameter names a timm ViT has: tokens and position embedding are 3-D but never decayed."""
+
+    def __init__(self):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+        self.reg_token = nn.Parameter(torch.zeros(1, 2, 4))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, 4))
+        self.proj = nn.Linear(4, 4)
+        self.norm = nn.LayerNorm(4)
+
+
+def test_no_decay_by_name_and_shape():
+    net = TinyViT()
+    groups = [{"name": "backbone", "params": [(f"backbone.{n}", p) for n, p in net.named_parameters()]}]
+    opt = build_optimizer(OptimConfig(name="lars", weight_decay=0.1), groups, lr=1.0)
+    by_name = {g["name"]: g for g in opt.param_groups}
+    assert [p is net.proj.weight for p in by_name["backbone"]["params"]] == [True]
+    no_decay = {id(p) for p in by_name["backbone.no_decay"]["params"]}
+    assert no_decay == {id(p) for p in (net.cls_token, net.reg_token, net.pos_embed, net.proj.bias,
+                                        net.norm.weight, net.norm.bias)}
+    assert by_name["backbone.no_decay"]["lars_exclude"] and not by_name["backbone"]["lars_exclude"]
+
+
+def test_group_hyperparameters_are_honoured():
+    """lr_scale, no_decay_lr_scale, a group's own weight decay and a cosine weight-decay schedule."""
+    torch.manual_seed(0)
+    head, body = nn.Linear(3, 2), nn.Linear(3, 2)
+    groups = [{"name": "head", "params": list(head.named_parameters()), "lr_scale": 0.5,
+               "no_decay_lr_scale": 0.024, "weight_decay": 0.04, "weight_decay_end": 0.4},
+              {"name": "body", "params": list(body.named_parameters())}]
+    opt = build_optimizer(OptimConfig(name="sgd", momentum=0.0, weight_decay=1e-3), groups, lr=2.0)
+    by_name = {g["name"]: g for g in opt.param_groups}
+    total = 10
+    for step in (0, 5, 10):
+        set_hyperparameters(opt, 2.0, step, total)
+        wd = 0.4 + (0.04 - 0.4) * 0.5 * (1 + math.cos(math.pi * step / total))
+        assert (by_name["head"]["lr"], by_name["head"]["weight_decay"]) == pytest.approx((1.0, wd))
+        assert (by_name["head.no_decay"]["lr"], by_name["head.no_decay"]["weight_decay"]) == pytest.approx((0.048, 0))
+        assert (by_name["body"]["lr"], by_name["body"]["weight_decay"]) == pytest.approx((2.0, 1e-3))
+        assert by_name["body.no_decay"]["lr"] == pytest.approx(2.0)
+    # the optimizer steps with them: SGD, no momentum, p - lr (g + wd p) in float64
+    w0, b0 = head.weight.detach().double().clone(), head.bias.detach().double().clone()
+    head.weight.grad, head.bias.grad = torch.ones_like(head.weight), torch.ones_like(head.bias)
+    opt.step()
+    torch.testing.assert_close(head.weight.detach().double(), w0 - 1.0 * (1 + 0.4 * w0), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(head.bias.detach().double(), b0 - 0.048 * 1, rtol=1e-6, atol=1e-7)
+
+
+def test_lars_exclude_group_is_plain_momentum_sgd():
+    """A 2-D tensor in a `lars_exclude` group (a position embedding) gets neither decay nor trust ratio."""
+    p = nn.Parameter(torch.randn(1, 5, 4))
+    opt = LARS([{"params": [p], "lars_exclude": True, "weight_decay": 0.5}], lr=0.1, momentum=0.0)
+    before = p.detach().clone()
+    p.grad = torch.full_like(p, 2.0)
+    opt.step()
+    torch.testing.assert_close(p.detach(), before - 0.2, rtol=0, atol=1e-7)

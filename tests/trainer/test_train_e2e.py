@@ -169,4 +169,4 @@ def test_deepspeed_zero1_checkpoint_resumes_exactly(workdir):
     full, resumed = metrics(full_run), metrics(run)
     assert [full[s]["loss"] for s in (3, 4)] == [resumed[s]["loss"] for s in (3, 4)]
     cfg, weights = load_model_weights(full_run)
-    assert cfg.engine.name == "deepspeed" and "target_projector.0.weight" in weights
+    assert cfg.engine.name == "deepspeed" and "target_projector.module.0.weight" in weights

@@ -1,8 +1,9 @@
 """The engines that turn batches into optimizer steps: DDP, DeepSpeed or FSDP2 behind one small interface.
 
     engine = build_engine(cfg, plan, method, ctx)
-    outputs = engine.step(micro_batches, lr)   # forward/backward per micro-batch, then one optimizer step
-    engine.module                              # the unwrapped method (after_step, eval, checkpoints)
+    outputs = engine.step(micro_batches, lr, step)  # forward/backward per micro-batch, the method's
+                                                    # before_optimizer_step, one optimizer step
+    engine.module                                   # the unwrapped method (hooks, eval, checkpoints)
 
 An engine owns AMP, gradient accumulation (no gradient all-reduce on non-final micro-batches),
 clipping, the optimizer and the non-finite `skip` policy. It never knows which method it trains.

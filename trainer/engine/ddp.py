@@ -9,17 +9,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer.config import Config
-from trainer.data.views import Batch
 from trainer.dist import DistContext
 from trainer.engine.amp import autocast, restore_unless, step_if
 from trainer.engine.plan import Plan
-from trainer.methods.base import MethodOutput
-from trainer.optim import build_optimizer
+from trainer.optim import build_optimizer, set_hyperparameters
+from trainer.types import Batch, MethodOutput
 
 
 class DDPEngine:
     def __init__(self, cfg: Config, plan: Plan, method: nn.Module, ctx: DistContext):
-        self.ctx, self.precision = ctx, plan.precision
+        self.ctx, self.precision, self.total_steps = ctx, plan.precision, plan.total_steps
         self.grad_clip, self.skip_nonfinite = cfg.optim.grad_clip, cfg.train.nonfinite == "skip"
         if cfg.engine.sync_bn and ctx.distributed:
             method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
@@ -37,16 +36,16 @@ class DDPEngine:
         # fp16 needs loss scaling; bf16 has fp32's exponent range and does not
         self.scaler = torch.amp.GradScaler(ctx.device.type) if plan.precision == "fp16" else None
 
-    def step(self, batches: list[Batch], lr: float) -> list[MethodOutput]:
-        """Forward/backward on each micro-batch (loss / len(batches)), then one optimizer step.
+    def step(self, batches: list[Batch], lr: float, step: int) -> list[MethodOutput]:
+        """Optimizer step `step` (0-based) at lr `lr` (x each group's lr_scale): forward/backward on
+        each micro-batch (loss / len(batches)), the method's before_optimizer_step, one optimizer step.
 
         Gradients are all-reduced only during the last micro-batch's backward (`no_sync` before it).
         With grad clipping or the `skip` policy, the global grad norm is appended to the last
         output's metrics as `grad_norm`. A step the `skip` policy skips changes nothing: the module's
         buffers (BatchNorm running stats, which a non-finite forward poisons) are restored too.
         """
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_hyperparameters(self.optimizer, lr, step, self.total_steps)
         buffers = list(self.module.buffers()) if self.skip_nonfinite else []
         before = [b.clone() for b in buffers]
         outputs = []
@@ -60,6 +59,7 @@ class DDPEngine:
             outputs.append(out)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
+        self.module.before_optimizer_step(step)
         if self.grad_clip > 0 or self.skip_nonfinite:
             norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
             if self.grad_clip > 0:

@@ -12,12 +12,11 @@ import torch
 from torch import nn
 
 from trainer.config import Config
-from trainer.data.views import Batch
 from trainer.dist import DistContext, ensure_process_group
 from trainer.engine.amp import autocast, restore_unless
 from trainer.engine.plan import Plan
-from trainer.methods.base import MethodOutput
-from trainer.optim import build_optimizer
+from trainer.optim import build_optimizer, set_hyperparameters
+from trainer.types import Batch, MethodOutput
 
 TAG = "deepspeed"
 
@@ -31,7 +30,7 @@ class DeepSpeedEngine:
             # here); marking it unavailable sends its collectives through torch.distributed's gloo.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         ensure_process_group(ctx)
-        self.ctx, self.precision = ctx, plan.precision
+        self.ctx, self.precision, self.total_steps = ctx, plan.precision, plan.total_steps
         self.skip_nonfinite = cfg.train.nonfinite == "skip"
         self.module = method.to(ctx.device)
         if cfg.engine.channels_last and ctx.device.type == "cuda":
@@ -42,24 +41,27 @@ class DeepSpeedEngine:
         if cfg.engine.compile:
             self.ds.compile()
 
-    def step(self, batches: list[Batch], lr: float) -> list[MethodOutput]:
-        """DeepSpeed's forward/backward/step per micro-batch; it reduces gradients and steps the
-        optimizer (with clipping) on the last micro-batch of `gradient_accumulation_steps`.
+    def step(self, batches: list[Batch], lr: float, step: int) -> list[MethodOutput]:
+        """Optimizer step `step` (0-based) at lr `lr` (x each group's lr_scale): DeepSpeed's
+        forward/backward/step per micro-batch; it reduces gradients and steps the optimizer (with
+        clipping) on the last micro-batch of `gradient_accumulation_steps`, after the method's
+        before_optimizer_step.
 
         Under the `skip` policy (fp16, see plan.py) DeepSpeed skips a step whose gradients overflow;
         the module's buffers (BatchNorm running stats) are restored where a loss was not finite."""
         # ZeRO wraps our optimizer but keeps its param_group dicts: setting lr here is what it uses
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_hyperparameters(self.optimizer, lr, step, self.total_steps)
         buffers = list(self.module.buffers()) if self.skip_nonfinite else []
         before = [b.clone() for b in buffers]
         outputs = []
-        for batch in batches:
+        for i, batch in enumerate(batches):
             if self.precision == "fp16":  # DeepSpeed's fp16 keeps the module in half precision
                 batch = Batch([v.half() for v in batch.views], batch.labels)
             with autocast("bf16" if self.precision == "bf16" else "fp32", self.ctx.device):
                 out = self.ds(batch)
             self.ds.backward(out.loss)
+            if i == len(batches) - 1:
+                self.module.before_optimizer_step(step)
             self.ds.step()
             outputs.append(out)
         if self.skip_nonfinite:

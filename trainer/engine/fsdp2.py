@@ -35,11 +35,10 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from trainer.config import Config
-from trainer.data.views import Batch
 from trainer.dist import DistContext, ensure_process_group
 from trainer.engine.plan import Plan
-from trainer.methods.base import MethodOutput
-from trainer.optim import build_optimizer
+from trainer.optim import build_optimizer, set_hyperparameters
+from trainer.types import Batch, MethodOutput
 
 DCP_DIR = "fsdp2"
 
@@ -76,7 +75,7 @@ class FSDP2Engine:
     def __init__(self, cfg: Config, plan: Plan, method: nn.Module, ctx: DistContext):
         refuse_unsupported(cfg, plan, method)
         ensure_process_group(ctx)
-        self.ctx, self.grad_clip = ctx, cfg.optim.grad_clip
+        self.ctx, self.grad_clip, self.total_steps = ctx, cfg.optim.grad_clip, plan.total_steps
         mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
         policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
                   if plan.precision == "bf16" else MixedPrecisionPolicy())
@@ -87,18 +86,19 @@ class FSDP2Engine:
         self.optimizer = build_optimizer(cfg.optim, method.parameter_groups(), plan.lr)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
 
-    def step(self, batches: list[Batch], lr: float) -> list[MethodOutput]:
-        """Forward/backward per micro-batch (loss / len(batches)), gradients reduce-scattered only in the
-        last one's backward, then one optimizer step on the local shards. With clipping, the global
+    def step(self, batches: list[Batch], lr: float, step: int) -> list[MethodOutput]:
+        """Optimizer step `step` at lr `lr` (x each group's lr_scale): forward/backward per micro-batch
+        (loss / len(batches)), gradients reduce-scattered only in the last one's backward, the method's
+        before_optimizer_step, then one optimizer step on the local shards. With clipping, the global
         grad norm (over every rank's shards) is the last output's `grad_norm`."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_hyperparameters(self.optimizer, lr, step, self.total_steps)
         outputs = []
         for i, batch in enumerate(batches):
             self.module.set_requires_gradient_sync(i == len(batches) - 1)
             out = self.module(batch)
             (out.loss / len(batches)).backward()
             outputs.append(out)
+        self.module.before_optimizer_step(step)
         if self.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
             outputs[-1].metrics["grad_norm"] = (norm.full_tensor() if isinstance(norm, DTensor) else norm).detach()

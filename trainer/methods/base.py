@@ -1,33 +1,61 @@
-"""The contract every method in `METHODS` meets, and metrics they share.
+"""The contract every method in `METHODS` meets (`Method`), and metrics and view pairs they share.
 
-A method is an `nn.Module` with:
+A method is a `Method` (an `nn.Module`) with:
   Config            its config dataclass (a `name: str` field first, then its own knobs)
   views(cfg, data, aug) -> list[ViewSpec]      classmethod: what the input pipeline must produce
   __init__(cfg, model: ModelConfig)            builds backbone + heads
   backbone          nn.Module, [B, 3, H, W] -> [B, feature_dim]; what eval and export use
   feature_dim       int
-  forward(batch) -> MethodOutput
-  parameter_groups() -> list[dict]            optimizer groups ({"params": [...], "name": str});
-                                              frozen parts (an EMA target) are left out
-  after_step(step, total_steps) -> dict[str, float]   e.g. the EMA update; returns logged scalars
+  couples_samples   class attribute: True where the loss couples the samples of a batch (a contrastive
+                    softmax, batch statistics, a center), so gradient accumulation must embed the whole
+                    global batch before the loss (gradient cache); False for per-sample losses
+  embed(batch) -> list[Tensor]                 every tensor the loss needs, each [n, ...] with this
+                                               micro-batch on dim 0 (micro-batches concatenate on dim 0);
+                                               by convention element 0 is the backbone features of view 0
+  loss(embeddings, batch) -> MethodOutput      the loss of (possibly concatenated) embeddings
+and, with defaults here (so a method writes only what it uses):
+  forward(batch) = loss(embed(batch), batch)
+  parameter_groups() -> list[dict]             one group per child module with trainable parameters, as
+                                               {"name", "params": [(name, tensor)]}; a group may carry
+                                               its own hyperparameters (trainer/optim/groups.py)
+  before_step(step, total_steps) -> dict       before the step's forward: schedules (temperatures, momenta)
+  before_optimizer_step(step)                  after backward, before optimizer.step (DINO's freeze)
+  after_step(step, total_steps) -> dict        after optimizer step `step` (1-based): the EMA update
+The loop calls before_step/after_step, the engine before_optimizer_step; the dicts are logged scalars.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from trainer.types import Batch, MethodOutput
 
 
-@dataclass
-class MethodOutput:
-    """`loss`: scalar with graph; `metrics`: detached scalars (loss terms, collapse metrics);
-    `features`: detached backbone features of view 0, [B, feature_dim], for the online probe."""
+class Method(nn.Module):
+    couples_samples: bool
 
-    loss: torch.Tensor
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
-    features: torch.Tensor | None = None
+    def embed(self, batch: Batch) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def loss(self, embeddings: list[torch.Tensor], batch: Batch) -> MethodOutput:
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> MethodOutput:
+        return self.loss(self.embed(batch), batch)
+
+    def parameter_groups(self) -> list[dict]:
+        return trainable_groups(**dict(self.named_children()))
+
+    def before_step(self, step: int, total_steps: int) -> dict[str, float]:
+        return {}
+
+    def before_optimizer_step(self, step: int) -> None:
+        pass
+
+    def after_step(self, step: int, total_steps: int) -> dict[str, float]:
+        return {}
 
 
 @torch.no_grad()
@@ -54,9 +82,12 @@ def view_pairs(num_views: int) -> list[tuple[int, int]]:
     return [(0, 1)] + [(v, g) for v in range(2, num_views) for g in (0, 1)]
 
 
-def trainable_groups(**modules: torch.nn.Module) -> list[dict]:
-    """One optimizer group per named module, holding its trainable parameters (for `parameter_groups`)."""
-    return [
-        {"name": name, "params": [p for p in m.parameters() if p.requires_grad]}
-        for name, m in modules.items()
-    ]
+def trainable_groups(**modules: nn.Module) -> list[dict]:
+    """One optimizer group per named module holding trainable parameters, as (name, tensor) pairs with
+    the method-level name (for `parameter_groups`); modules with none (an EMA target) are left out."""
+    groups = []
+    for name, m in modules.items():
+        params = [(f"{name}.{n}", p) for n, p in m.named_parameters() if p.requires_grad]
+        if params:
+            groups.append({"name": name, "params": params})
+    return groups

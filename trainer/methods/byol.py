@@ -6,19 +6,17 @@ Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised Lear
 
 from __future__ import annotations
 
-import copy
-import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from trainer.config import AugConfig, DataConfig, ModelConfig
-from trainer.data.views import Batch, ViewSpec
 from trainer.losses import byol_loss
-from trainer.methods.base import MethodOutput, collapse_metrics, trainable_groups
+from trainer.methods.base import Method, collapse_metrics
 from trainer.methods.recipes import asymmetric_views, local_views
-from trainer.models import build_backbone, mlp
+from trainer.models import EMA, build_backbone, mlp
+from trainer.optim import cosine
+from trainer.types import Batch, MethodOutput, ViewSpec
 
 
 @dataclass
@@ -30,15 +28,17 @@ class BYOLConfig:
     tau_base: float = 0.996  # EMA decay, raised to 1 on a cosine over training
 
 
-class BYOL(nn.Module):
+class BYOL(Method):
     """Online: backbone -> projector -> predictor; target: EMA copies of backbone and projector.
 
     Targets come from the two global views only. Loss: for each global view g, the mean over every
     other view a of byol_loss(prediction of a, target of g), summed over the two g; with two views
     that is the paper's symmetric L + L~, and local views add one prediction term per global view.
+    Embeddings: [features of view 0, z of view 0, p of each view, target of each global view].
     """
 
     Config = BYOLConfig
+    couples_samples = False  # a regression per image
 
     @classmethod
     def views(cls, cfg: BYOLConfig, data: DataConfig, aug: AugConfig) -> list[ViewSpec]:
@@ -52,37 +52,31 @@ class BYOL(nn.Module):
         self.backbone, self.feature_dim = build_backbone(model)
         self.projector = mlp([self.feature_dim, cfg.proj_hidden_dim, cfg.proj_output_dim])
         self.predictor = mlp([cfg.proj_output_dim, cfg.pred_hidden_dim, cfg.proj_output_dim])
-        # the target is trained by after_step only: no gradient, left out of parameter_groups
-        self.target_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
-        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        # trained by after_step only: no gradient, so parameter_groups leaves them out
+        self.target_backbone = EMA(self.backbone)
+        self.target_projector = EMA(self.projector)
 
-    def forward(self, batch: Batch) -> MethodOutput:
+    def embed(self, batch: Batch) -> list[torch.Tensor]:
         features = [self.backbone(v) for v in batch.views]
         z = [self.projector(f) for f in features]
         p = [self.predictor(x) for x in z]
         with torch.no_grad():
             targets = [self.target_projector(self.target_backbone(v)) for v in batch.views[:2]]
+        return [features[0], z[0], *p, *targets]
+
+    def loss(self, embeddings: list[torch.Tensor], batch: Batch) -> MethodOutput:
+        features, z0, *rest = embeddings
+        p, targets = rest[:-2], rest[-2:]
         others = range(len(p))
         loss = sum(
             torch.stack([byol_loss(p[a], t) for a in others if a != g]).mean() for g, t in enumerate(targets)
         )
-        metrics = {"byol": loss.detach(), **collapse_metrics(z[0])}
-        return MethodOutput(loss, metrics, features[0].detach())
+        metrics = {"byol": loss.detach(), **collapse_metrics(z0)}
+        return MethodOutput(loss, metrics, features.detach())
 
-    def parameter_groups(self) -> list[dict]:
-        return trainable_groups(backbone=self.backbone, projector=self.projector, predictor=self.predictor)
-
-    @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> dict[str, float]:
-        """EMA update after optimizer step `step` of `total_steps`:
-        target <- tau target + (1 - tau) online, tau = 1 - (1 - tau_base)(cos(pi step / total) + 1) / 2.
-        Buffers (BatchNorm statistics) are copied."""
-        tau = 1 - (1 - self.cfg.tau_base) * (math.cos(math.pi * min(step, total_steps) / total_steps) + 1) / 2
-        online, target = (self.backbone, self.projector), (self.target_backbone, self.target_projector)
-        torch._foreach_lerp_(
-            [t for m in target for t in m.parameters()], [o for m in online for o in m.parameters()], 1 - tau
-        )
-        torch._foreach_copy_(
-            [t for m in target for t in m.buffers()], [o for m in online for o in m.buffers()]
-        )
+        """EMA update after optimizer step `step` of `total_steps`: tau on a cosine from tau_base to 1."""
+        tau = cosine(step, start=self.cfg.tau_base, end=1.0, total_steps=total_steps)
+        self.target_backbone.update(self.backbone, tau)
+        self.target_projector.update(self.projector, tau)
         return {"tau": tau}

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from trainer.config import AugConfig, DataConfig, ModelConfig
-from trainer.data.views import Batch, ViewSpec
 from trainer.losses import rotation_loss
-from trainer.methods.base import MethodOutput, collapse_metrics, trainable_groups
+from trainer.methods.base import Method, collapse_metrics
 from trainer.methods.recipes import rotation_views
 from trainer.models import build_backbone
+from trainer.types import Batch, MethodOutput, ViewSpec
 
 
 @dataclass
@@ -23,10 +23,12 @@ class RotNetConfig:
     name: str = "rotnet"
 
 
-class RotNet(nn.Module):
-    """Backbone -> linear 4-way classifier over the four rotated copies of each image."""
+class RotNet(Method):
+    """Backbone -> linear 4-way classifier over the four rotated copies of each image.
+    Embeddings: [features of view 0, logits of view r for r = 0..3], each [n, ...]."""
 
     Config = RotNetConfig
+    couples_samples = False  # a classification per image
 
     @classmethod
     def views(cls, cfg: RotNetConfig, data: DataConfig, aug: AugConfig) -> list[ViewSpec]:
@@ -38,23 +40,22 @@ class RotNet(nn.Module):
         self.backbone, self.feature_dim = build_backbone(model)
         self.head = nn.Linear(self.feature_dim, 4)
 
-    def forward(self, batch: Batch) -> MethodOutput:
+    def embed(self, batch: Batch) -> list[torch.Tensor]:
         assert len(batch.views) == 4, "RotNet expects its four rotation views"
+        features = self.backbone(torch.cat(batch.views))  # one pass over the four views
         n = batch.views[0].shape[0]
+        return [features[:n], *self.head(features).split(n)]
+
+    def loss(self, embeddings: list[torch.Tensor], batch: Batch) -> MethodOutput:
+        features, *logits = embeddings
+        n = features.shape[0]
         # view r is rotated by 90 r degrees (rotation_views), so its label is r
-        labels = torch.arange(4, device=batch.views[0].device).repeat_interleave(n)
-        features = self.backbone(torch.cat(batch.views))
-        logits = self.head(features)
+        labels = torch.arange(4, device=features.device).repeat_interleave(n)
+        logits = torch.cat(logits)
         loss = rotation_loss(logits, labels)
         metrics = {
             "rotation_ce": loss.detach(),
             "rotation_acc": (logits.detach().argmax(1) == labels).float().mean(),
-            **collapse_metrics(features[:n]),
+            **collapse_metrics(features),
         }
-        return MethodOutput(loss, metrics, features[:n].detach())
-
-    def parameter_groups(self) -> list[dict]:
-        return trainable_groups(backbone=self.backbone, head=self.head)
-
-    def after_step(self, step: int, total_steps: int) -> dict[str, float]:
-        return {}
+        return MethodOutput(loss, metrics, features.detach())

@@ -8,14 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from trainer.config import AugConfig, DataConfig, ModelConfig
-from trainer.data.views import Batch, ViewSpec
 from trainer.losses import nt_xent_loss
-from trainer.methods.base import MethodOutput, collapse_metrics, trainable_groups, view_pairs
+from trainer.methods.base import Method, collapse_metrics, view_pairs
 from trainer.methods.recipes import local_views, symmetric_views
 from trainer.models import build_backbone, mlp
+from trainer.types import Batch, MethodOutput, ViewSpec
 
 
 @dataclass
@@ -26,10 +25,12 @@ class SimCLRConfig:
     proj_output_dim: int = 128
 
 
-class SimCLR(nn.Module):
-    """Backbone -> projector [D, hidden, 128]; loss = NT-Xent, averaged over `view_pairs` under multi-crop."""
+class SimCLR(Method):
+    """Backbone -> projector [D, hidden, 128]; loss = NT-Xent, averaged over `view_pairs` under multi-crop.
+    Embeddings: [features of view 0, z of each view]."""
 
     Config = SimCLRConfig
+    couples_samples = True  # the softmax runs over every image of the global batch
 
     @classmethod
     def views(cls, cfg: SimCLRConfig, data: DataConfig, aug: AugConfig) -> list[ViewSpec]:
@@ -43,17 +44,14 @@ class SimCLR(nn.Module):
         self.backbone, self.feature_dim = build_backbone(model)
         self.projector = mlp([self.feature_dim, cfg.proj_hidden_dim or self.feature_dim, cfg.proj_output_dim])
 
-    def forward(self, batch: Batch) -> MethodOutput:
+    def embed(self, batch: Batch) -> list[torch.Tensor]:
         features = [self.backbone(v) for v in batch.views]
-        z = [self.projector(f) for f in features]
+        return [features[0], *(self.projector(f) for f in features)]
+
+    def loss(self, embeddings: list[torch.Tensor], batch: Batch) -> MethodOutput:
+        features, *z = embeddings
         loss = torch.stack(
             [nt_xent_loss(z[i], z[j], self.cfg.temperature) for i, j in view_pairs(len(z))]
         ).mean()
         metrics = {"nt_xent": loss.detach(), **collapse_metrics(z[0])}
-        return MethodOutput(loss, metrics, features[0].detach())
-
-    def parameter_groups(self) -> list[dict]:
-        return trainable_groups(backbone=self.backbone, projector=self.projector)
-
-    def after_step(self, step: int, total_steps: int) -> dict[str, float]:
-        return {}
+        return MethodOutput(loss, metrics, features.detach())

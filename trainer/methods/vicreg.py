@@ -9,14 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from trainer.config import AugConfig, DataConfig, ModelConfig
-from trainer.data.views import Batch, ViewSpec
 from trainer.losses import vicreg_loss
-from trainer.methods.base import MethodOutput, collapse_metrics, trainable_groups, view_pairs
+from trainer.methods.base import Method, collapse_metrics, view_pairs
 from trainer.methods.recipes import asymmetric_views, local_views
 from trainer.models import build_backbone, mlp
+from trainer.types import Batch, MethodOutput, ViewSpec
 
 
 @dataclass
@@ -29,12 +28,13 @@ class VICRegConfig:
     cov_coeff: float = 1.0  # nu, covariance
 
 
-class VICReg(nn.Module):
+class VICReg(Method):
     """Backbone -> expander [D, h, h, out] (last Linear without bias, as the authors');
     loss = vicreg_loss, averaged over `view_pairs` under multi-crop (each pair brings its own
-    variance and covariance terms)."""
+    variance and covariance terms). Embeddings: [features of view 0, z of each view]."""
 
     Config = VICRegConfig
+    couples_samples = True  # variance and covariance are statistics of the global batch
 
     @classmethod
     def views(cls, cfg: VICRegConfig, data: DataConfig, aug: AugConfig) -> list[ViewSpec]:
@@ -47,9 +47,12 @@ class VICReg(nn.Module):
         hidden = cfg.proj_hidden_dim
         self.expander = mlp([self.feature_dim, hidden, hidden, cfg.proj_output_dim], last_bias=False)
 
-    def forward(self, batch: Batch) -> MethodOutput:
+    def embed(self, batch: Batch) -> list[torch.Tensor]:
         features = [self.backbone(v) for v in batch.views]
-        z = [self.expander(f) for f in features]
+        return [features[0], *(self.expander(f) for f in features)]
+
+    def loss(self, embeddings: list[torch.Tensor], batch: Batch) -> MethodOutput:
+        features, *z = embeddings
         c = self.cfg
         terms = [
             vicreg_loss(z[i], z[j], c.sim_coeff, c.std_coeff, c.cov_coeff) for i, j in view_pairs(len(z))
@@ -62,10 +65,4 @@ class VICReg(nn.Module):
             "covariance": covariance.detach(),
             **collapse_metrics(z[0]),
         }
-        return MethodOutput(loss, metrics, features[0].detach())
-
-    def parameter_groups(self) -> list[dict]:
-        return trainable_groups(backbone=self.backbone, expander=self.expander)
-
-    def after_step(self, step: int, total_steps: int) -> dict[str, float]:
-        return {}
+        return MethodOutput(loss, metrics, features.detach())

@@ -1,8 +1,9 @@
 """LARS: SGD with momentum whose step for each weight tensor is rescaled by a layer-wise trust ratio.
 
 You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", 2017; the variant of
-facebookresearch/vicreg `main_vicreg.py` (also used for SimCLR and BYOL): tensors with ndim == 1
-(biases, norm weights) get neither weight decay nor the trust ratio.
+facebookresearch/vicreg `main_vicreg.py` (also used for SimCLR and BYOL): groups marked `lars_exclude`
+(biases, norm weights, position embeddings and tokens: trainer/optim/groups.py) get neither weight
+decay nor the trust ratio.
 """
 
 from __future__ import annotations
@@ -11,17 +12,19 @@ import torch
 
 
 class LARS(torch.optim.Optimizer):
-    """For a weight tensor p (ndim > 1) with gradient g:
+    """For a tensor p with gradient g in a group without `lars_exclude`:
 
         d = g + weight_decay * p
         d = d * trust_coefficient * |p| / |d|     (when both norms are > 0)
         m = momentum * m + d;  p = p - lr * m
+
+    In a `lars_exclude` group d = g.
     """
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
                  trust_coefficient: float = 0.001):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum,
-                                  "trust_coefficient": trust_coefficient})
+                                  "trust_coefficient": trust_coefficient, "lars_exclude": False})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -34,7 +37,7 @@ class LARS(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 d = p.grad
-                if p.ndim > 1:
+                if not group["lars_exclude"]:
                     d = d.add(p, alpha=group["weight_decay"])
                     p_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
                     one = torch.ones_like(p_norm)
