@@ -19,8 +19,8 @@ from prep_helpers import idx_bytes, load_json, read_shards, run_cli
 from data_prep.download import IDX_FILES
 from trainer.config import DataConfig
 from trainer.data import build_loader
-from trainer.data.views import ViewSpec
 from trainer.dist import DistContext
+from trainer.types import ViewSpec
 
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                  "Ankle boot"]  # the label table of zalandoresearch/fashion-mnist's README
