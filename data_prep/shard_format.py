@@ -23,7 +23,7 @@ from PIL import Image
 
 INDEX_VERSION = "v1.2"
 IMAGE_EXTS = ("jpg", "jpeg", "png")  # data_prep writes jpg and png; other WebDataset writers also use jpeg
-# what PIL raises on a bad image; DecompressionBombError (a huge declared size) derives from none of the others
+# what PIL raises on a bad image; DecompressionBombError (a huge declared size) is none of the others
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 FINGERPRINT_SPAN = 64 * 1024
 
@@ -115,7 +115,8 @@ def fingerprint(path: Path) -> str:
 
 def shard_stamp(shard: Path, index: Path) -> dict[str, int | str]:
     """The manifest fields the trainer checks at start: tar size and fingerprint, index sha256."""
-    return {"size": shard.stat().st_size, "fingerprint": fingerprint(shard), "index_sha256": sha256_file(index)}
+    return {"size": shard.stat().st_size, "fingerprint": fingerprint(shard),
+            "index_sha256": sha256_file(index)}
 
 
 STAMP_KEYS = ("size", "fingerprint", "index_sha256")
@@ -125,19 +126,21 @@ def check_stamp(root: Path, entry: dict, manifest_file: Path) -> None:
     """Raise ValueError naming the file when a shard or its index is not the one `manifest_file` lists."""
     missing = [k for k in STAMP_KEYS if k not in entry]
     if missing:
-        raise ValueError(f"{manifest_file}: shard {entry['file']} has no {'/'.join(missing)} (written by an older "
-                         f"data_prep): run `python -m data_prep verify --out {root}`, which adds them after checking "
-                         f"every shard's sha256, or re-run data_prep")
+        raise ValueError(f"{manifest_file}: shard {entry['file']} has no {'/'.join(missing)} (written by an "
+                         f"older data_prep): run `python -m data_prep verify --out {root}`, which adds them "
+                         f"after checking every shard's sha256, or re-run data_prep")
     shard, index = root / entry["file"], root / entry["index"]
     for path in (shard, index):
         if not path.is_file():
             raise ValueError(f"{path}: missing (listed in {manifest_file})")
     size = shard.stat().st_size
     if size != entry["size"]:
-        raise ValueError(f"{shard}: {size} bytes, {manifest_file} says {entry['size']} (truncated, or not the "
-                         f"shard data_prep wrote)")
+        raise ValueError(f"{shard}: {size} bytes, {manifest_file} says {entry['size']} (truncated, or "
+                         f"not the shard data_prep wrote)")
     if fingerprint(shard) != entry["fingerprint"]:
         raise ValueError(f"{shard}: not the shard {manifest_file} lists (its fingerprint differs: another "
-                         f"preparation, or changed since); re-run data_prep, or `python -m data_prep verify` to see more")
+                         f"preparation, or changed since); re-run data_prep, or `python -m data_prep "
+                         f"verify` to see more")
     if sha256_file(index) != entry["index_sha256"]:
-        raise ValueError(f"{index}: not the index {manifest_file} lists (its sha256 differs); re-run data_prep")
+        raise ValueError(f"{index}: not the index {manifest_file} lists (its sha256 differs); "
+                         f"re-run data_prep")

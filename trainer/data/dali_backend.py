@@ -36,9 +36,9 @@ class DaliBackend:
     def __init__(self, samples: SampleIndex, views: list[ViewSpec], seed: int, global_rank: int,
                  device: torch.device, mean: list[float], std: list[float], workers: int, batch_size: int):
         if samples.manifest.get("verified") is not True:
-            raise ManifestError(f"{manifest_path(samples.root)}: shards not verified, and the DALI backend cannot "
-                                f"skip a bad sample: run `python -m data_prep verify --out {samples.root}` first, "
-                                f"or use data.backend=torch")
+            raise ManifestError(f"{manifest_path(samples.root)}: shards not verified, and the DALI backend "
+                                f"cannot skip a bad sample: run `python -m data_prep verify --out "
+                                f"{samples.root}` first, or use data.backend=torch")
         self.samples, self.views, self.seed, self.global_rank = samples, views, seed, global_rank
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())  # DALI needs a device id

@@ -1,11 +1,12 @@
 """Random access to the samples of one split: where each image's bytes lie, and every label.
 
 Built from data_prep's `manifest.json` and the DALI index file (`<shard>.idx`, wds2idx format) of
-each shard, so no tar is scanned at start-up; each shard's size and fingerprint and its index's sha256
-are checked against the manifest first (data_prep.shard_format.check_stamp, two 64 KiB reads per
-shard), so a tar or index from another preparation is refused, named. Both backends read an image as one `pread` at the
-offset the index gives; that lets them follow our own deterministic sample order (sampling.py)
-instead of a streaming reader's, which is what makes per-epoch coverage across ranks exact.
+each shard, so no tar is scanned at start-up. Each shard's size and fingerprint and its index's
+sha256 are checked against the manifest first (data_prep.shard_format.check_stamp: two 64 KiB reads
+per shard), so a tar or index from another preparation is refused, named. Both backends read an
+image as one `pread` at the offset the index gives; that lets them follow our own deterministic
+sample order (sampling.py) instead of a streaming reader's, which is what makes per-epoch coverage
+across ranks exact.
 Random reads inside tars assume a local disk or page cache; on a slow network file system copy the
 shards to node-local storage first.
 """
@@ -51,8 +52,8 @@ class SampleIndex:
             index = self.root / entry["index"]
             rows = parse_index(index, index.read_text())
             if len(rows) != entry["num_samples"]:
-                raise ValueError(f"{index}: indexes {len(rows)} samples, {manifest_file} says {entry['file']} "
-                                 f"holds {entry['num_samples']}")
+                raise ValueError(f"{index}: indexes {len(rows)} samples, {manifest_file} says "
+                                 f"{entry['file']} holds {entry['num_samples']}")
             for key, (offset, size), cls_span in rows:
                 shard_ids.append(shard_id)
                 offsets.append(offset)

@@ -6,8 +6,9 @@ back. Features are cached outside the run folder (which may be read-only), one f
 split under $SSLSCALE_CACHE_DIR (default ~/.cache/sslscale/features), keyed by a hash of the backbone
 weights and of the content read (the manifest's sha256 of every shard of the split, checked against
 the files by their start-up stamp), so a new checkpoint or shards re-made in the same folder never
-reuse stale features. A cache file that cannot be read is recomputed. The eval loader hands ranks contiguous chunks, so the gathered order is the manifest's for any
-number of ranks (and matches `split_images`).
+reuse stale features. A cache file that cannot be read is recomputed. The eval loader hands ranks
+contiguous chunks, so the gathered order is the manifest's for any number of ranks (and matches
+`split_images`).
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def cached_features(run_dir: Path, backbone: nn.Module, data: DataConfig, split:
     cached = _read_cache(path) if path.is_file() else None
     hit = isinstance(cached, dict) and cached.get("key") == key
     comm = ctx.device if dist.is_initialized() and dist.get_backend() == "nccl" else torch.device("cpu")
-    if dist.is_initialized():  # extraction is collective: every rank must take the same branch (caches may be per node)
+    # extraction is collective: every rank must take the same branch (a cache may be per node)
+    if dist.is_initialized():
         agreed = torch.tensor(int(hit), device=comm)
         dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
         hit = bool(agreed.item())
@@ -136,7 +138,8 @@ def cached_features(run_dir: Path, backbone: nn.Module, data: DataConfig, split:
             torch.save({"key": key, "features": features, "labels": labels}, tmp)
             os.replace(tmp, path)
         except OSError as err:  # a read-only home: eval still works, it only recomputes next time
-            print(f"warning: {path}: feature cache not written ({err}); set SSLSCALE_CACHE_DIR", file=sys.stderr)
+            print(f"warning: {path}: feature cache not written ({err}); set SSLSCALE_CACHE_DIR",
+                  file=sys.stderr)
     return features, labels
 
 
@@ -145,7 +148,8 @@ def _read_cache(path: Path) -> dict | None:
         return torch.load(path, weights_only=True)
     # a damaged file raises RuntimeError, KeyError, EOFError, UnpicklingError...; it is only a cache
     except Exception as err:  # noqa: BLE001
-        print(f"warning: {path}: unreadable feature cache, recomputing ({type(err).__name__}: {err})", file=sys.stderr)
+        print(f"warning: {path}: unreadable feature cache, recomputing ({type(err).__name__}: {err})",
+              file=sys.stderr)
         return None
 
 
