@@ -63,6 +63,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class OptionError(PrepError):
+    """An option value that cannot work, found before anything is read or written; exit 2, as argparse's."""
+
+
+def check_options(args: argparse.Namespace) -> None:
+    positive = {"--max-samples": args.max_samples, "--max-bytes": args.max_bytes,
+                **({"--size": args.size} if args.command == "digits" else {})}
+    for flag, value in positive.items():
+        if value < 1:
+            raise OptionError(f"{flag} {value}: must be a positive integer")
+    if not 1 <= args.quality <= 100:
+        raise OptionError(f"--quality {args.quality}: must be in 1..100")
+    name = getattr(args, "name", None)
+    if name is not None and (name in ("", ".", "..") or any(c in name for c in "/\\\0")):
+        raise OptionError(f"--name {name!r}: must be a plain folder name (no '/', not '.' or '..')")
+
+
+def check_apart(out_dir: Path, src: Path) -> None:
+    """Refuse a dataset folder that holds the source or lies inside it: reruns would write over the user's files."""
+    out, source = out_dir.resolve(), src.resolve()
+    if out == source or out in source.parents:
+        raise OptionError(f"--out: the dataset folder {out} contains --src {source}; choose an --out outside it")
+    if source in out.parents:
+        raise OptionError(f"--out: the dataset folder {out} is inside --src {source}; choose an --out outside it")
+
+
 def read_source(args: argparse.Namespace) -> Dataset:
     if args.command == "digits":
         return read_digits(size=args.size, seed=args.seed, splits=args.splits)
@@ -73,12 +99,13 @@ def read_source(args: argparse.Namespace) -> Dataset:
 
 
 def prepare(args: argparse.Namespace) -> None:
-    if args.max_samples < 1 or args.max_bytes < 1 or not 1 <= args.quality <= 100:
-        raise PrepError("--max-samples and --max-bytes must be positive, --quality in 1..100")
+    check_options(args)
     dataset = read_source(args)
+    out_dir = args.out / dataset.name
+    if args.command != "digits":
+        check_apart(out_dir, args.src)
     options = WriteOptions(max_samples=args.max_samples, max_bytes=args.max_bytes, image_format=args.format,
                            quality=args.quality, seed=args.seed, workers=args.workers, skip_bad=args.skip_bad)
-    out_dir = args.out / dataset.name
     manifest = write_dataset(dataset, out_dir, options)
     for split, entry in manifest["splits"].items():
         skipped = f", {len(entry['skipped'])} bad files skipped" if "skipped" in entry else ""
@@ -111,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             return verify(args)
         prepare(args)
         return 0
+    except OptionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (PrepError, ManifestError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,10 +1,13 @@
 """The shared shard writer: encode in worker processes, write WebDataset tars, then the manifest.
 
-Order of operations is what makes a run atomic and idempotent:
-  1. the old manifest is removed first, so it never vouches for shards this run replaces;
-  2. each shard is written under `<name>.partial` by webdataset's ShardWriter, indexed, hashed
-     and renamed into place only once closed;
-  3. the manifest is written last (atomically), then shards no longer listed are removed.
+Order of operations is what makes a run atomic and idempotent, and what keeps a good dataset
+already in `out_dir` whole until its replacement is complete:
+  1. every shard of every split is written as `<name>.tar.partial` by webdataset's ShardWriter,
+     indexed (`<name>.idx.partial`) and hashed; a failure removes them and touches nothing else;
+  2. only then is the old manifest removed, the staged files renamed into place, and the new
+     manifest written (atomically);
+  3. last, the files the old manifest listed and the new one does not are removed, with the
+     partials a killed run may have left: nothing else in `out_dir` is ever deleted.
 Bytes depend only on the input and the options: samples are shuffled by a seeded permutation,
 workers return results in order (`imap`), and tar headers have fixed mtime/owner/mode.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +27,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 from data_prep.encode import BadImage, Encoded, encode_image
-from data_prep.manifest import manifest_path, write_manifest
+from data_prep.manifest import ManifestError, load_manifest, manifest_path, write_manifest
 from data_prep.shard_format import index_path, sha256_file, shard_stamp, write_index
 from data_prep.source import Dataset, PrepError, Reader, Split
 
@@ -46,12 +50,17 @@ class WriteOptions:
 def write_dataset(dataset: Dataset, out_dir: Path, options: WriteOptions) -> dict[str, Any]:
     """Shard every split of `dataset` into `out_dir`; returns the manifest it wrote."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path(out_dir).unlink(missing_ok=True)
     sizes: set[tuple[int, int]] = set()
     exts: set[str] = set()
     splits = {}
-    for split in dataset.splits:
-        splits[split.name] = _write_split(split, out_dir, options, sizes, exts)
+    staged: list[tuple[Path, Path]] = []  # (partial, final) of every file written
+    try:
+        for split in dataset.splits:
+            splits[split.name] = _write_split(split, out_dir, options, sizes, exts, staged)
+    except BaseException:
+        for partial, _ in staged:
+            partial.unlink(missing_ok=True)
+        raise
     manifest = {
         "dataset": dataset.name,
         "classes": dataset.classes,
@@ -64,13 +73,22 @@ def write_dataset(dataset: Dataset, out_dir: Path, options: WriteOptions) -> dic
         **dataset.extra,
         "created_by": CREATED_BY,
     }
+    previous = _listed(out_dir)
+    manifest_path(out_dir).unlink(missing_ok=True)  # from here on the old manifest would vouch for new files
+    for partial, final in staged:
+        os.replace(partial, final)
     write_manifest(out_dir, manifest)
-    _remove_unlisted(out_dir, manifest)
+    for name in previous - _listed(out_dir):
+        (out_dir / name).unlink(missing_ok=True)
+    leftover = re.compile(rf"({'|'.join(map(re.escape, splits))})-\d{{6}}\.(tar|idx)({re.escape(PARTIAL)})+")
+    for path in out_dir.iterdir():
+        if leftover.fullmatch(path.name):  # staged by a killed run of these splits
+            path.unlink()
     return manifest
 
 
-def _write_split(split: Split, out_dir: Path, options: WriteOptions,
-                 sizes: set[tuple[int, int]], exts: set[str]) -> dict[str, Any]:
+def _write_split(split: Split, out_dir: Path, options: WriteOptions, sizes: set[tuple[int, int]], exts: set[str],
+                 staged: list[tuple[Path, Path]]) -> dict[str, Any]:
     if split.size == 0:
         raise PrepError(f"split {split.name!r}: no images found")
     shards: list[dict[str, Any]] = []
@@ -80,10 +98,11 @@ def _write_split(split: Split, out_dir: Path, options: WriteOptions,
     def publish(partial_name: str) -> None:
         partial = Path(partial_name)
         final = partial.with_name(partial.name.removesuffix(PARTIAL))
-        index = write_index(partial, index_path(final))
-        shards.append({"file": final.name, "index": index.name, "num_samples": counts[partial_name],
+        index = index_path(final).with_name(index_path(final).name + PARTIAL)
+        staged.extend([(partial, final), (index, index_path(final))])
+        write_index(partial, index)
+        shards.append({"file": final.name, "index": index_path(final).name, "num_samples": counts[partial_name],
                        "sha256": sha256_file(partial), **shard_stamp(partial, index)})
-        os.replace(partial, final)
 
     writer = wds.ShardWriter(str(out_dir / f"{split.name}-%06d.tar{PARTIAL}"), maxcount=options.max_samples,
                              maxsize=options.max_bytes, post=publish, verbose=0,
@@ -100,7 +119,7 @@ def _write_split(split: Split, out_dir: Path, options: WriteOptions,
             exts.add(encoded.ext)
         writer.close()
     except BaseException:
-        writer.post = None  # a failed split must not rename its half-written shard into place
+        writer.post = None  # a failed split must not index or stage its half-written shard
         writer.close()
         Path(writer.fname).unlink(missing_ok=True)
         raise
@@ -164,10 +183,11 @@ def _encode_chunk(indices: np.ndarray) -> list[tuple[int, int | None, Encoded | 
     return out
 
 
-def _remove_unlisted(out_dir: Path, manifest: dict[str, Any]) -> None:
-    """Shards and indexes left by an earlier run with other options (or a killed one)."""
-    listed = {name for entry in manifest["splits"].values() for s in entry["shards"]
-              for name in (s["file"], s["index"])}
-    for path in out_dir.iterdir():
-        if path.name not in listed and (path.suffix in (".tar", ".idx") or path.name.endswith(PARTIAL)):
-            path.unlink()
+def _listed(out_dir: Path) -> set[str]:
+    """The files a readable manifest in `out_dir` lists (plain names only: a manifest never points outside)."""
+    try:
+        manifest = load_manifest(out_dir)
+    except ManifestError:
+        return set()
+    names = {s.get(key) for entry in manifest["splits"].values() for s in entry["shards"] for key in ("file", "index")}
+    return {n for n in names if isinstance(n, str) and n == Path(n).name and n not in ("", ".", "..")}

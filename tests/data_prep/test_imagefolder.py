@@ -36,10 +36,11 @@ def test_jpeg_and_png_kept_classes_sorted_per_split(tmp_path: Path, capsys):
             assert (src_split, manifest["classes"][sample["cls"]]) == (split, cls)
     assert not sources
 
+    before = {p.name: p.read_bytes() for p in (tmp_path / "o" / "flowers").iterdir()}
     (root / "val" / "tulip" / "notes.txt").write_text("not an image")
     assert run_cli("imagefolder", "--src", root, "--out", tmp_path / "o", "--workers", 1) == 1
     assert f"{root / 'val' / 'tulip' / 'notes.txt'}: not a readable image" in capsys.readouterr().err
-    assert not (tmp_path / "o" / "flowers" / "manifest.json").exists()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "o" / "flowers").iterdir()} == before  # previous run kept
 
 
 def test_png_roundtrip_pixels_exact(tmp_path: Path):

@@ -55,11 +55,10 @@ def test_shuffled_across_classes_and_sized_shards(tmp_path: Path):
     assert len(shards) > 2 and all(limit <= payload[n] < limit + largest_sample for n in shards[:-1])
 
 
-def test_failure_after_first_shard_leaves_no_manifest(tmp_path: Path, monkeypatch):
+def test_failure_mid_run_leaves_the_previous_dataset_whole(tmp_path: Path, monkeypatch):
     dataset = read_digits(size=8)
-    options = WriteOptions(max_samples=200, workers=1)
-    write_dataset(dataset, tmp_path, options)
-    assert (tmp_path / "manifest.json").exists()
+    write_dataset(dataset, tmp_path, WriteOptions(max_samples=200, workers=1))
+    before = folder_bytes(tmp_path)
     real = data_prep.writer.write_index
     calls = []
 
@@ -72,26 +71,26 @@ def test_failure_after_first_shard_leaves_no_manifest(tmp_path: Path, monkeypatc
     monkeypatch.setattr(data_prep.writer, "write_index", dies_on_second_shard)
     with pytest.raises(KeyboardInterrupt):
         write_dataset(dataset, tmp_path, WriteOptions(max_samples=100, workers=1))
-    assert not (tmp_path / "manifest.json").exists()  # the previous run's manifest no longer vouches
-    assert not list(tmp_path.glob("*.partial"))
+    assert folder_bytes(tmp_path) == before  # manifest and shards untouched, no partial left
     monkeypatch.undo()
-    write_dataset(dataset, tmp_path, options)  # a rerun cleans up and rewrites the same bytes
+    write_dataset(dataset, tmp_path, WriteOptions(max_samples=100, workers=1))
     assert load_json(tmp_path / "manifest.json")["splits"]["train"]["num_samples"] == 1437
-    assert len(list(tmp_path.glob("train-*.tar"))) == 8
+    assert len(list(tmp_path.glob("train-*.tar"))) == 15  # the 8 shards of 200 replaced by 15 of 100
 
 
 @pytest.mark.slow
-def test_killed_process_leaves_no_manifest(tmp_path: Path):
+def test_killed_process_publishes_nothing(tmp_path: Path):
     proc = subprocess.Popen([sys.executable, "-m", "data_prep", "digits", "--out", str(tmp_path), "--size", "256",
                              "--max-samples", "20", "--workers", "1"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    first = tmp_path / "digits" / "train-000000.tar"
+    staged = tmp_path / "digits" / "train-000000.idx.partial"  # the first shard is complete and indexed
     deadline = time.monotonic() + 60
-    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not staged.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL  # killed mid-run, not finished
-    assert first.exists() and not (tmp_path / "digits" / "manifest.json").exists()
+    names = {p.name for p in (tmp_path / "digits").iterdir()}
+    assert "train-000000.tar.partial" in names and all(n.endswith(".partial") for n in names)
 
 
 def test_index_matches_wds2idx_and_dali_reads_it(tmp_path: Path):
