@@ -46,13 +46,18 @@ def train_main(argv: list[str]) -> int:
     except ManifestError as e:
         print(f"data error: {e}", file=sys.stderr)
         return 2
-    from trainer.loop import NonFiniteLoss, train  # torch, the data backends: only once the config is valid
+    from trainer.checkpoint import ResumeError  # torch, the data backends: only once the config is valid
+    from trainer.loop import NonFiniteLoss, train
+    from trainer.run_lock import RunInUse
 
     try:
         return train(cfg)
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (ResumeError, RunInUse) as e:  # nothing was trained or written: the command needs another value
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

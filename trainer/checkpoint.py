@@ -31,7 +31,6 @@ from trainer.dist import DistContext
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "preempted, checkpoint saved, requeue me"
 STATE = "state.pt"
-COMPATIBLE = ("method", "model")  # config sections that fix parameter shapes
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -88,27 +87,69 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("step_*"), reverse=True)
 
 
-def read_latest(run_dir: Path, cfg: Config | None = None) -> tuple[Path, dict] | None:
-    """(directory, state) of the newest checkpoint whose state.pt loads; unreadable ones are skipped
-    with a warning naming the file. With `cfg`, a checkpoint written for another method or model is
-    refused (ValueError naming the file and the mismatch)."""
+class ResumeError(ValueError):
+    """A run folder that cannot be resumed as asked; the message names the files, keys and values."""
+
+
+# what fixes the meaning of saved state: parameter shapes (method, model), what a step and the data
+# position mean (global batch), the optimizer state's layout (optim.name), what the weights were fit to
+MEANING = ("method", "model", "train.global_batch_size", "optim.name", "data.split", "data.image_size")
+FRESH = "start fresh with another train.name (or delete the run folder {run_dir})"
+
+
+def _setting(config: dict, key: str):
+    for part in key.split("."):
+        config = config.get(part, {}) if isinstance(config, dict) else None
+    return config
+
+
+def _differences(state: dict, cfg: Config, data: dict | None) -> list[str]:
+    """'key: checkpoint value -> value now' for every MEANING setting (and the data's identity) that differs."""
+    now = to_dict(cfg)
+    pairs = []
+    for key in MEANING:
+        then, current = _setting(state["config"], key), _setting(now, key)
+        if isinstance(then, dict):  # a whole section: name each key in it
+            pairs += [(f"{key}.{k}", then.get(k), current.get(k)) for k in sorted(then.keys() | current.keys())]
+        else:
+            pairs.append((key, then, current))
+    # checkpoints written before the data's identity was recorded carry no "data": config alone is compared
+    saved_data = state.get("data", data) or {}
+    pairs += [(f"data ({k})", saved_data.get(k), v) for k, v in (data or {}).items()]
+    return [f"{key}: {then!r} -> {current!r}" for key, then, current in pairs if then != current]
+
+
+def _scan(run_dir: Path, cfg: Config | None, data: dict | None) -> tuple[tuple[Path, dict] | None, list[tuple[Path, str]]]:
+    """(newest readable checkpoint and its state, or None; the unreadable ones newer than it, with why)."""
+    unreadable = []
     for directory in checkpoints(run_dir):
         file = directory / STATE
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # truncated / missing / not torch
-            warnings.warn(f"skipping unreadable checkpoint {file}: {type(e).__name__}: {e}", stacklevel=2)
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            warnings.warn(f"skipping unreadable checkpoint {file}: {reason}", stacklevel=3)
+            unreadable.append((directory, reason))
             continue
         if cfg is not None:
-            now = to_dict(cfg)
-            for section in COMPATIBLE:
-                if state["config"][section] != now[section]:
-                    diff = {k: (v, now[section].get(k)) for k, v in state["config"][section].items()
-                            if now[section].get(k) != v}
-                    raise ValueError(f"{file} was written for another {section} config (key: (checkpoint, now) "
-                                     f"= {diff}); use another train.name or the checkpoint's config")
-        return directory, state
-    return None
+            differences = _differences(state, cfg, data)
+            if differences:
+                raise ResumeError(f"{file} was saved with other settings ({'; '.join(differences)}): resume with "
+                                  f"the checkpoint's values, or {FRESH.format(run_dir=run_dir)}")
+        return (directory, state), unreadable
+    if unreadable:
+        raise ResumeError(f"{run_dir / 'checkpoints'}: no checkpoint is readable: "
+                          + "; ".join(f"{d / STATE} ({why})" for d, why in unreadable)
+                          + f". Nothing was deleted; {FRESH.format(run_dir=run_dir)}")
+    return None, []
+
+
+def read_latest(run_dir: Path, cfg: Config | None = None, data: dict | None = None) -> tuple[Path, dict] | None:
+    """(directory, state) of the newest checkpoint whose state.pt loads; unreadable ones are skipped
+    with a warning naming the file, and a run with checkpoints none of which loads is a ResumeError
+    naming each. With `cfg` (and `data`, the dataset's identity: Checkpointer's), a checkpoint whose
+    MEANING settings differ is refused (ResumeError naming the file, the keys and both values)."""
+    return _scan(run_dir, cfg, data)[0]
 
 
 def load_model_weights(run_dir: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
@@ -116,15 +157,16 @@ def load_model_weights(run_dir: str | Path) -> tuple[Config, dict[str, torch.Ten
     run_dir = Path(run_dir)
     found = read_latest(run_dir)
     if found is None:
-        raise FileNotFoundError(f"{run_dir / 'checkpoints'}: no readable checkpoint")
+        raise FileNotFoundError(f"{run_dir / 'checkpoints'}: no checkpoint")
     return load_config(run_dir / "config.yaml"), found[1]["model"]
 
 
 class Checkpointer:
     """Saves every `every` steps (and on demand), keeps the last `keep_last`, resumes the latest."""
 
-    def __init__(self, run_dir: Path, cfg: Config, ctx: DistContext):
-        self.dir, self.cfg, self.ctx = run_dir / "checkpoints", cfg, ctx
+    def __init__(self, run_dir: Path, cfg: Config, ctx: DistContext, data: dict):
+        """`data`: the dataset's identity (name, sample count, view sizes), saved and compared on resume."""
+        self.dir, self.cfg, self.ctx, self.data = run_dir / "checkpoints", cfg, ctx, data
         self.every, self.keep_last = cfg.train.ckpt_every, cfg.train.keep_last
         if ctx.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +200,7 @@ class Checkpointer:
                 "step": position.step, "epoch": position.epoch, "step_in_epoch": position.step_in_epoch,
                 "rng": rngs,
                 "config": to_dict(self.cfg),
+                "data": self.data,
             }
             self._write(state, tmp, final)
         _barrier()
@@ -189,11 +232,26 @@ class Checkpointer:
     def resume(self, engine, probe=None) -> Position:
         """Load the latest valid checkpoint into engine / probe / RNG; Position() when there is none.
 
-        Rank 0 chooses the checkpoint and every rank loads that one."""
-        found = read_latest(self.dir.parent, self.cfg) if self.ctx.is_main else None
-        choice = [str(found[0]) if found else None]
+        Rank 0 chooses the checkpoint and every rank loads that one, or raises rank 0's ResumeError.
+        Unreadable checkpoints newer than the one chosen are moved aside to `unreadable-step_*`: left
+        in place they would sort newest, and `keep_last` rotation would delete the readable ones."""
+        found, error = None, None
+        if self.ctx.is_main:
+            try:
+                found, unreadable = _scan(self.dir.parent, self.cfg, self.data)
+            except ResumeError as err:
+                error = str(err)
+            else:
+                for directory, why in unreadable:
+                    aside = directory.with_name(f"unreadable-{directory.name}")
+                    os.replace(directory, aside)
+                    warnings.warn(f"{directory / STATE} ({why}) moved to {aside}: kept, never resumed from or "
+                                  "rotated; delete it once inspected", stacklevel=2)
+        choice = [str(found[0]) if found else None, error]
         if dist.is_initialized():
             dist.broadcast_object_list(choice, src=0)
+        if choice[1] is not None:
+            raise ResumeError(choice[1])
         if choice[0] is None:
             return Position()
         directory = Path(choice[0])
@@ -212,7 +270,7 @@ class Checkpointer:
 
 
 class Preemption:
-    """SIGUSR1 / SIGTERM set a flag; `agreed()` is True on every rank once any rank got one.
+    """SIGUSR1 / SIGTERM / SIGINT (Ctrl-C) set a flag; `agreed()` is True on every rank once any rank got one.
 
     The flag is all-reduced every step over a CPU (gloo) group: a few microseconds on one node, and
     no GPU sync, so a rank learns of the signal within one step of the grace period.
@@ -223,7 +281,7 @@ class Preemption:
         self.group = None
         if dist.is_initialized() and dist.get_backend() != "gloo":
             self.group = dist.new_group(backend="gloo")
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
+        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:

@@ -96,7 +96,7 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints kept
     knn_every: int = 0  # epochs between kNN evaluations during training; 0 disables
     online_probe: bool = True  # linear probe on detached features when labels exist
-    progress: bool = True  # tqdm bar on rank 0
+    progress: bool = True  # tqdm bar on a terminal; off one, or false: one plain line per log window
 
 
 @dataclass

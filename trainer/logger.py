@@ -1,4 +1,7 @@
-"""Rank-0 monitoring: TensorBoard scalars and images, metrics.jsonl, a tqdm bar, console lines.
+"""Rank-0 monitoring: TensorBoard scalars and images, metrics.jsonl, progress, console lines.
+
+Progress is a tqdm bar on a terminal; off one (a Slurm log, nohup, CI) or with train.progress=false,
+one plain line per log window: step/total, epoch, loss, img/s, data-wait %, ETA.
 
 `make_logger(ctx, ...)` returns a `Logger` on global rank 0 and a `NullLogger` (same methods, does
 nothing) elsewhere, so the loop never asks which rank it is on (STYLE.md, principle 11).
@@ -6,8 +9,10 @@ nothing) elsewhere, so the loop never asks which rank it is on (STYLE.md, princi
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -21,8 +26,35 @@ class NullLogger:
     def write(self, name: str, text: str) -> None: ...
     def scalars(self, step: int, epoch: int, values: dict[str, float]) -> None: ...
     def images(self, tag: str, step: int, views: list[torch.Tensor], mean: list[float], std: list[float]) -> None: ...
-    def progress(self, step: int, postfix: dict[str, float] | None = None) -> None: ...
+    def progress(self, step: int, epoch: int, values: dict[str, float]) -> None: ...
     def close(self) -> None: ...
+
+
+def truncate_metrics(path: Path, start_step: int) -> None:
+    """Keep only the metrics.jsonl records of steps <= start_step, the step the run resumes at: those
+    after it came from a run that died before its next checkpoint, are trained again, and would be
+    logged twice. A line the crash cut off is dropped too. Rewritten atomically."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= start_step:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+def progress_line(step: int, total: int, epoch: int, values: dict[str, float]) -> str:
+    """`step 40/200 (20%) | epoch 2 | loss 4.1234 | 812 img/s | data wait 3% | ETA 0:02:11`; the ETA
+    assumes the rest runs at this window's time per step."""
+    eta = datetime.timedelta(seconds=round(values["time/step"] * (total - step)))
+    return (f"step {step}/{total} ({100 * step / total:.0f}%) | epoch {epoch + 1} | loss {values['loss']:.4f} | "
+            f"{values['images_per_s']:.0f} img/s | data wait {100 * values['time/data_wait_fraction']:.0f}% | "
+            f"ETA {eta}")
 
 
 class Logger(NullLogger):
@@ -33,14 +65,20 @@ class Logger(NullLogger):
         from tqdm import tqdm
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.run_dir = run_dir
-        self.tb = SummaryWriter(str(run_dir / "tb"))
+        self.run_dir, self.total = run_dir, total_steps
+        # purge_step: TensorBoard hides the dead run's events from start_step + 1 on, as metrics.jsonl drops them
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
+        truncate_metrics(run_dir / "metrics.jsonl", start_step)
         self.jsonl = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (open for the run, closed in close())
-        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                        disable=not progress, file=sys.stderr)
+        # a bar only where it is drawn on a terminal; in a log file it is a wall of carriage returns
+        self.bar = (tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr)
+                    if progress and sys.stderr.isatty() else None)
 
     def info(self, message: str) -> None:
-        self.bar.write(message, file=sys.stdout)
+        if self.bar is None:
+            print(message, flush=True)
+        else:
+            self.bar.write(message, file=sys.stdout)
 
     def write(self, name: str, text: str) -> None:
         """A text file in the run directory (the resolved config.yaml)."""
@@ -62,13 +100,17 @@ class Logger(NullLogger):
             images = (x[:8].detach().float().cpu() * s + m).clamp(0, 1)
             self.tb.add_image(f"{tag}/view{v}", make_grid(images, nrow=8), step)
 
-    def progress(self, step: int, postfix: dict[str, float] | None = None) -> None:
+    def progress(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        """Once per log window: the bar moves, or one plain line is printed."""
+        if self.bar is None:
+            self.info(progress_line(step, self.total, epoch, values))
+            return
         self.bar.update(step - self.bar.n)
-        if postfix:
-            self.bar.set_postfix(postfix, refresh=False)
+        self.bar.set_postfix({"loss": values["loss"], "img/s": values["images_per_s"]}, refresh=False)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
         self.tb.close()
         self.jsonl.close()
 

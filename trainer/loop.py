@@ -5,7 +5,7 @@
          fetch accumulation_steps micro-batches, method.before_step (schedules), engine.step
          (forward/backward/step), method.after_step (EMA), online probe, window metrics;
          at log cadence: one host sync, non-finite check, logs;
-         checkpoint when due; on SIGUSR1/SIGTERM every rank saves together and exits 75.
+         checkpoint when due; on SIGUSR1/SIGTERM/SIGINT every rank saves together and exits 75.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from trainer.engine import build_engine, make_plan, micro_batching
 from trainer.logger import Meter, make_logger
 from trainer.optim import lr_at
 from trainer.probe import OnlineProbe, knn_accuracy
+from trainer.run_lock import run_lock
 
 
 class NonFiniteLoss(RuntimeError):
@@ -63,7 +64,8 @@ def train(cfg: Config) -> int:
     naming it and engine.dist_timeout_s, instead of a traceback per rank that names neither."""
     ctx = init_distributed(cfg.engine.dist_timeout_s)
     try:
-        return run(cfg, ctx)
+        with run_lock(Path(cfg.train.run_root) / cfg.train.name, ctx):
+            return run(cfg, ctx)
     except RuntimeError as err:
         if not ctx.distributed or isinstance(err, NonFiniteLoss) or not from_collective(err):
             raise
@@ -93,7 +95,9 @@ def run(cfg: Config, ctx: DistContext) -> int:
     if cfg.train.online_probe and loader.samples.labeled:
         probe = OnlineProbe(method.feature_dim, len(loader.class_names), ctx)
     run_dir = Path(cfg.train.run_root) / cfg.train.name
-    checkpointer = Checkpointer(run_dir, cfg, ctx)
+    data = {"dataset": loader.samples.manifest["dataset"], "num_samples": loader.num_samples,
+            "view_sizes": [v.size for v in views]}
+    checkpointer = Checkpointer(run_dir, cfg, ctx, data)
     position = checkpointer.resume(engine, probe)  # Position() on a fresh run
 
     log = make_logger(ctx, run_dir, total, position.step, cfg.train.progress)
@@ -155,7 +159,7 @@ def run(cfg: Config, ctx: DistContext) -> int:
                     if ctx.device.type == "cuda":
                         values["gpu/max_memory_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
                     log.scalars(step, epoch, values)
-                    log.progress(step, {"loss": values["loss"], "img/s": values["images_per_s"]})
+                    log.progress(step, epoch, values)
                     window_start, window_steps = time.perf_counter(), 0
                 if save:
                     path = checkpointer.save(position, engine, probe)

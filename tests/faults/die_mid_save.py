@@ -44,4 +44,7 @@ def save(obj, f, *args, **kwargs):
 
 
 torch.save = save
+# `python -m trainer` imports the checkout it runs in (the cwd); a script's sys.path starts at its own folder
+# instead, which would import whichever trainer is installed (in a worktree: another checkout's)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 runpy.run_module("trainer", run_name="__main__", alter_sys=True)

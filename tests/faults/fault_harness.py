@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -193,3 +194,15 @@ def nonfinite_tensors(obj, where: str = "") -> list[str]:
     if isinstance(obj, (list, tuple)):
         return [p for i, v in enumerate(obj) for p in nonfinite_tensors(v, f"{where}/{i}")]
     return []
+
+
+def copy_run(reference, run_root: Path, name: str, keep: list[int], metrics: bool = False) -> Path:
+    """The reference run's config and its checkpoints of steps `keep` (and, with `metrics`, its
+    metrics.jsonl), under run_root/name."""
+    def skipped(_, names: list[str]) -> list[str]:
+        return [n for n in names if n == "tb" or n == "metrics.jsonl" and not metrics
+                or n.startswith("step_") and int(n[5:]) not in keep]
+
+    run_dir = run_root / name
+    shutil.copytree(reference.run_dir, run_dir, ignore=skipped)
+    return run_dir

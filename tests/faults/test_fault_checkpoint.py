@@ -7,6 +7,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -20,27 +21,19 @@ from fault_harness import (
     REPO,
     checkpoint_steps,
     clean_env,
+    copy_run,
     losses,
+    metric_lines,
     resumed_step,
     spawn_ranks,
     tiny_args,
 )
 
-from trainer.checkpoint import read_latest
+from trainer.checkpoint import ResumeError, read_latest
 from trainer.config import load_config
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
-
-
-def copy_run(reference, run_root: Path, name: str, keep: list[int]) -> Path:
-    """The reference run's config and its checkpoints of steps `keep`, under run_root/name."""
-    def skipped(_, names: list[str]) -> list[str]:
-        return [n for n in names if n in ("tb", "metrics.jsonl") or n.startswith("step_") and int(n[5:]) not in keep]
-
-    run_dir = run_root / name
-    shutil.copytree(reference.run_dir, run_dir, ignore=skipped)
-    return run_dir
 
 
 def sha256(path: Path) -> str:
@@ -76,43 +69,104 @@ def test_crash_while_writing_keeps_previous_and_skips_partial(reference, tmp_pat
     assert losses(run_dir) == reference.losses
 
 
-def test_unreadable_newest_checkpoints_fall_back_to_the_last_good_one(reference, tmp_path):
-    """step 8's file truncated, step 6's directory without its file: resume at step 4, warn naming both."""
-    run_dir = copy_run(reference, tmp_path / "runs", "fallback", keep=[4, 6, 8])
+def test_unreadable_newest_checkpoints_fall_back_rotation_keeps_the_readable_and_steps_are_logged_once(
+        reference, tmp_path):
+    """step 8's file truncated, step 6's directory without its file, metrics.jsonl as a crash leaves it (steps 1-8
+    logged, then half a line): resume at step 4, warn naming both; with keep_last=1 rotation deletes step 4 once
+    step 6 is saved, never the readable checkpoints in favour of the broken step 8 (which is moved aside, kept);
+    every step is logged once."""
+    run_dir = copy_run(reference, tmp_path / "runs", "fallback", keep=[4, 6, 8], metrics=True)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "epoch": 0, "lo')
     truncated = run_dir / "checkpoints" / "step_00000008" / "state.pt"
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 3])
+    broken = truncated.read_bytes()
     missing = run_dir / "checkpoints" / "step_00000006" / "state.pt"
     missing.unlink()
-    job = spawn_ranks(tiny_args(reference.shards, tmp_path / "runs", "fallback"), tmp_path / "logs", "fallback")
+    args = tiny_args(reference.shards, tmp_path / "runs", "fallback", "train.keep_last=1")
+    job = spawn_ranks(args, tmp_path / "logs", "fallback")
     try:
         assert job.wait(180) == [0, 0], job.err(0)[-3000:]
     finally:
         job.kill()
     assert resumed_step(job.out(0)) == 4
     assert str(truncated) in job.err(0) and str(missing) in job.err(0)
-    assert losses(run_dir) == {s: v for s, v in reference.losses.items() if s > 4}
+    assert checkpoint_steps(run_dir) == [8]
+    assert torch.load(run_dir / "checkpoints" / "step_00000008" / "state.pt", weights_only=True)["step"] == 8
+    aside = run_dir / "checkpoints"
+    assert (aside / "unreadable-step_00000008" / "state.pt").read_bytes() == broken
+    assert (aside / "unreadable-step_00000006").is_dir()
+    assert [m["step"] for m in metric_lines(run_dir)] == list(range(1, 9))
+    assert losses(run_dir) == reference.losses
+
+
+def test_checkpoints_none_of_which_loads_stop_the_run_naming_each(reference, tmp_path):
+    """It used to start from step 0, and keep_last rotation then deleted every new checkpoint (the broken one
+    sorted newest)."""
+    run_dir = copy_run(reference, tmp_path / "runs", "broken", keep=[6, 8])
+    truncated = run_dir / "checkpoints" / "step_00000008" / "state.pt"
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    (run_dir / "checkpoints" / "step_00000006" / "state.pt").write_bytes(b"not a checkpoint")
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    args = tiny_args(reference.shards, tmp_path / "runs", "broken", "train.keep_last=1")
+    out = subprocess.run([sys.executable, *args], check=False, cwd=REPO, env=clean_env(), capture_output=True,
+                         text=True, timeout=180)
+    assert out.returncode == 2, out.stderr[-3000:]
+    error = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "no checkpoint is readable" in error[0], out.stderr[-3000:]
+    for step in (6, 8):
+        assert f"step_0000000{step}/state.pt (" in error[0]  # each file, and why in the brackets
+    assert "train.name" in error[0]
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    assert "step 2: saved" not in out.stdout
 
 
 @pytest.mark.parametrize(("path", "override", "named"), [
-    ("run", "model.width=16", "width"),  # other parameter shapes
-    (None, "method.name=byol", "method"),  # another method altogether
+    ("run", "model.width=16", "model.width: 8 -> 16"),  # other parameter shapes
+    (None, "method.name=byol", "method.name: 'simclr' -> 'byol'"),  # another method altogether
+    ("run", "train.global_batch_size=16", "train.global_batch_size: 8 -> 16"),
+    ("run", "optim.name=adamw", "optim.name: 'lars' -> 'adamw'"),  # it died on a bare KeyError: 'step'
+    ("run", "data.image_size=24", "data.image_size: 16 -> 24"),
+    ("run", "data.split=test", "data.split: 'train' -> 'test'"),
 ])
-def test_checkpoint_of_another_config_is_refused_naming_file_and_key(reference, path, override, named):
+def test_checkpoint_of_another_config_is_refused_naming_file_key_and_values(reference, path, override, named):
     cfg = load_config(reference.run_dir / "config.yaml" if path else None, [override])
     newest = reference.run_dir / "checkpoints" / f"step_{max(reference.losses):08d}" / "state.pt"
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(ResumeError) as refused:
         read_latest(reference.run_dir, cfg)
     assert str(newest) in str(refused.value) and named in str(refused.value)
 
 
-def test_train_command_refuses_to_resume_another_shape(reference, tmp_path):
-    copy_run(reference, tmp_path / "runs", "shapes", keep=[8])
-    args = tiny_args(reference.shards, tmp_path / "runs", "shapes", "model.width=16")
+@pytest.mark.parametrize(("change", "named"), [
+    ({"dataset": "cifar10"}, "data (dataset): 'digits' -> 'cifar10'"),
+    ({"num_samples": 1000}, "data (num_samples): 1437 -> 1000"),  # another split or preparation of it
+    ({"view_sizes": [16, 16, 8]}, "data (view_sizes): [16, 16] -> [16, 16, 8]"),
+])
+def test_checkpoint_of_other_data_is_refused(reference, change, named):
+    """The dataset's identity (name and sample count from the manifest, the view sizes) is saved with the
+    checkpoint and compared; the data's path is not (a dataset may move)."""
+    cfg = load_config(reference.run_dir / "config.yaml")
+    newest = reference.run_dir / "checkpoints" / f"step_{max(reference.losses):08d}"
+    saved = torch.load(newest / "state.pt", weights_only=True)["data"]
+    assert read_latest(reference.run_dir, cfg, saved)[0] == newest  # the control: the same data resumes
+    with pytest.raises(ResumeError, match=re.escape(named)):
+        read_latest(reference.run_dir, cfg, {**saved, **change})
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("model.width=16", "model.width: 8 -> 16"),  # another parameter shape
+    ("train.global_batch_size=16", "train.global_batch_size: 8 -> 16"),  # the data position and lr mean another thing
+])
+def test_train_command_refuses_to_resume_another_setup(reference, tmp_path, override, named):
+    copy_run(reference, tmp_path / "runs", "other", keep=[8])
+    args = tiny_args(reference.shards, tmp_path / "runs", "other", override)
     out = subprocess.run([sys.executable, *args], check=False, cwd=REPO, env=clean_env(), capture_output=True, text=True,
                          timeout=120)
-    assert out.returncode != 0
-    assert "step_00000008" in out.stderr and "width" in out.stderr, out.stderr[-2000:]
-    assert checkpoint_steps(tmp_path / "runs" / "shapes") == [8]
+    assert out.returncode == 2
+    error = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "step_00000008" in error[0] and named in error[0], out.stderr[-2000:]
+    assert "train.name" in error[0]  # how to start fresh
+    assert checkpoint_steps(tmp_path / "runs" / "other") == [8]
 
 
 def mount_tmpfs(path: Path, size_bytes: int) -> bool:

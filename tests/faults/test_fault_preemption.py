@@ -47,16 +47,18 @@ def test_sigusr1_saves_exits_75_and_continues_exactly(reference, tmp_path):
     assert losses(run_dir) == reference.losses
 
 
-def test_sigterm_to_whole_process_groups_with_dataloader_workers(reference, tmp_path):
-    """Slurm (scancel, preemption) signals every process of a step, DataLoader workers included. torch's
-    workers die of SIGTERM, and the main process then fails on the lost worker instead of saving."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_to_whole_process_groups_with_dataloader_workers(reference, tmp_path, sig):
+    """Slurm (scancel, preemption) signals every process of a step, DataLoader workers included, and so does
+    Ctrl-C (SIGINT) in a terminal. torch's workers die of SIGTERM and stop on SIGINT, and the main process then
+    fails on the lost worker instead of saving; SIGINT used to be a KeyboardInterrupt that saved nothing."""
     args = tiny_args(reference.shards, tmp_path / "runs", "term", NO_PERIODIC, "data.workers=1", steps=200)
     run_dir = tmp_path / "runs" / "term"
     job = spawn_ranks(args, tmp_path / "logs", "term")
     try:
         wait_for_step(run_dir, 3, job)
         for proc in job.procs:
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, sig)
         codes = job.wait(60)
     finally:
         job.kill()

@@ -102,7 +102,7 @@ def ignore_preemption_signals(worker_id: int) -> None:
     """DataLoader worker_init_fn: Slurm signals a rank's whole process group, and a worker killed by
     SIGTERM takes the main process down with it (exit 1) before it can save and exit 75. The main
     process handles the signal; the workers end when it shuts the DataLoader down (`_kill_workers_at_exit`)."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):  # SIGINT: Ctrl-C reaches the whole group
         signal.signal(sig, signal.SIG_IGN)
 
 

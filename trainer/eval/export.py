@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from trainer.eval.encoder import Encoder, load_encoder
@@ -66,7 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="run directory (runs/<name>)")
     parser.add_argument("--out", required=True, help="output .safetensors file")
     args = parser.parse_args(argv)
-    snippet = save_encoder(load_encoder(args.run, torch.device("cpu")), args.out, args.run)
+    try:
+        encoder = load_encoder(args.run, torch.device("cpu"))
+    except (OSError, ValueError, RuntimeError) as err:  # no run, no readable checkpoint, weights of another shape
+        print(f"export error: {args.run}: {' '.join(str(err).split())}", file=sys.stderr)  # one line
+        return 2
+    try:
+        snippet = save_encoder(encoder, args.out, args.run)
+    except (OSError, SafetensorError) as err:  # --out unwritable, a directory, the disk full
+        print(f"export error: {args.out}: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out}")
     if snippet is None:
         print("this backbone has no plain torchvision equivalent; load it with "
