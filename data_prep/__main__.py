@@ -1,4 +1,5 @@
-"""python -m data_prep <stl10|tiny-imagenet|cifar10|fashion-mnist|mnist|imagefolder|digits> --src DIR --out DIR [...]
+"""python -m data_prep <stl10|tiny-imagenet|cifar10|fashion-mnist|mnist|imagefolder|digits> --src DIR
+    --out DIR [...]
 python -m data_prep verify --out DIR
 
 Shards land in `--out/<dataset>/` (`<split>-NNNNNN.tar`, `.idx`, `manifest.json`); see docs/data_prep.md.
@@ -49,10 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, parents=[common], help=f"shard {name}")
         default_src = IDX_DATASETS[name].default_src if name in IDX_DATASETS else None
         sub.add_argument("--src", type=Path, default=default_src, required=default_src is None,
-                         help="the extracted folder or its parent" + (" (default: %(default)s)" if default_src else ""))
+                         help="the extracted folder or its parent"
+                         + (" (default: %(default)s)" if default_src else ""))
         if name in DOWNLOADABLE:
             sub.add_argument("--download", action="store_true",
-                             help="fetch the official files into --src first (MD5 verified; files there are kept)")
+                             help="fetch the official files into --src first (MD5 verified; files "
+                                  "already there are kept)")
         if name == "imagefolder":
             sub.add_argument("--name", help="dataset folder name under --out (default: the --src folder name)")
     digits = commands.add_parser("digits", parents=[common], help="scikit-learn digits (bundled, no download)")
@@ -81,12 +84,15 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def check_apart(out_dir: Path, src: Path) -> None:
-    """Refuse a dataset folder that holds the source or lies inside it: reruns would write over the user's files."""
+    """Refuse a dataset folder that holds the source or lies inside it: a rerun would write over the user's
+    files."""
     out, source = out_dir.resolve(), src.resolve()
     if out == source or out in source.parents:
-        raise OptionError(f"--out: the dataset folder {out} contains --src {source}; choose an --out outside it")
+        raise OptionError(f"--out: the dataset folder {out} contains --src {source}; "
+                          "choose an --out outside it")
     if source in out.parents:
-        raise OptionError(f"--out: the dataset folder {out} is inside --src {source}; choose an --out outside it")
+        raise OptionError(f"--out: the dataset folder {out} is inside --src {source}; "
+                          "choose an --out outside it")
 
 
 def read_source(args: argparse.Namespace) -> Dataset:

@@ -44,7 +44,8 @@ def read_labels(path: Path, count: int, num_classes: int) -> np.ndarray:
     data = _read_bytes(path)
     (header_count,) = _header(path, data, LABELS_MAGIC, 1)
     if header_count != count:
-        raise PrepError(f"{path}: header count {header_count} labels, but the images file holds {count} images")
+        raise PrepError(f"{path}: header count {header_count} labels, "
+                        f"but the images file holds {count} images")
     labels = _elements(path, data, 1, count)
     bad = np.flatnonzero(labels >= num_classes)
     if len(bad):

@@ -32,7 +32,8 @@ class IdxDataset:
 
 FASHION_MNIST = IdxDataset(
     "fashion-mnist",
-    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+     "Ankle boot"],
     Path("/usr/share/datasets/fashion-mnist"),  # Debian/Ubuntu: apt-get install dataset-fashion-mnist
 )
 MNIST = IdxDataset("mnist", [str(d) for d in range(10)])
@@ -49,5 +50,6 @@ def read_idx_dataset(dataset: IdxDataset, src: Path, splits: list[str] | None = 
         labels = read_labels(labels_path, len(images), len(classes))
         out.append(Split(name, len(images), True, ArrayImages(images, labels.tolist())))
         files[name] = [images_path.name, labels_path.name]
-    return Dataset(name=dataset.name, classes=classes, class_names=dict(zip(classes, dataset.names)), splits=out,
+    return Dataset(name=dataset.name, classes=classes, class_names=dict(zip(classes, dataset.names)),
+                   splits=out,
                    source={"format": "idx", "path": str(src.resolve()), "files": files})

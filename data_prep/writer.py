@@ -87,8 +87,8 @@ def write_dataset(dataset: Dataset, out_dir: Path, options: WriteOptions) -> dic
     return manifest
 
 
-def _write_split(split: Split, out_dir: Path, options: WriteOptions, sizes: set[tuple[int, int]], exts: set[str],
-                 staged: list[tuple[Path, Path]]) -> dict[str, Any]:
+def _write_split(split: Split, out_dir: Path, options: WriteOptions, sizes: set[tuple[int, int]],
+                 exts: set[str], staged: list[tuple[Path, Path]]) -> dict[str, Any]:
     if split.size == 0:
         raise PrepError(f"split {split.name!r}: no images found")
     shards: list[dict[str, Any]] = []
@@ -101,8 +101,9 @@ def _write_split(split: Split, out_dir: Path, options: WriteOptions, sizes: set[
         index = index_path(final).with_name(index_path(final).name + PARTIAL)
         staged.extend([(partial, final), (index, index_path(final))])
         write_index(partial, index)
-        shards.append({"file": final.name, "index": index_path(final).name, "num_samples": counts[partial_name],
-                       "sha256": sha256_file(partial), **shard_stamp(partial, index)})
+        shards.append({"file": final.name, "index": index_path(final).name,
+                       "num_samples": counts[partial_name], "sha256": sha256_file(partial),
+                       **shard_stamp(partial, index)})
 
     writer = wds.ShardWriter(str(out_dir / f"{split.name}-%06d.tar{PARTIAL}"), maxcount=options.max_samples,
                              maxsize=options.max_bytes, post=publish, verbose=0,
@@ -184,10 +185,11 @@ def _encode_chunk(indices: np.ndarray) -> list[tuple[int, int | None, Encoded | 
 
 
 def _listed(out_dir: Path) -> set[str]:
-    """The files a readable manifest in `out_dir` lists (plain names only: a manifest never points outside)."""
+    """The files a readable manifest in `out_dir` lists (plain names only: it never points outside)."""
     try:
         manifest = load_manifest(out_dir)
     except ManifestError:
         return set()
-    names = {s.get(key) for entry in manifest["splits"].values() for s in entry["shards"] for key in ("file", "index")}
+    names = {s.get(key) for entry in manifest["splits"].values() for s in entry["shards"]
+             for key in ("file", "index")}
     return {n for n in names if isinstance(n, str) and n == Path(n).name and n not in ("", ".", "..")}
