@@ -161,6 +161,15 @@ def load_model_weights(run_dir: str | Path) -> tuple[Config, dict[str, torch.Ten
     return load_config(run_dir / "config.yaml"), found[1]["model"]
 
 
+def _free_name(path: Path) -> Path:
+    """`path`, or `path.1`, `path.2`, ...: the first that does not exist (a step broken a second time)."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
+
+
 class Checkpointer:
     """Saves every `every` steps (and on demand), keeps the last `keep_last`, resumes the latest."""
 
@@ -243,7 +252,7 @@ class Checkpointer:
                 error = str(err)
             else:
                 for directory, why in unreadable:
-                    aside = directory.with_name(f"unreadable-{directory.name}")
+                    aside = _free_name(directory.with_name(f"unreadable-{directory.name}"))
                     os.replace(directory, aside)
                     warnings.warn(f"{directory / STATE} ({why}) moved to {aside}: kept, never resumed from or "
                                   "rotated; delete it once inspected", stacklevel=2)

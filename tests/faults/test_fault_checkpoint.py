@@ -83,6 +83,8 @@ def test_unreadable_newest_checkpoints_fall_back_rotation_keeps_the_readable_and
     broken = truncated.read_bytes()
     missing = run_dir / "checkpoints" / "step_00000006" / "state.pt"
     missing.unlink()
+    earlier = run_dir / "checkpoints" / "unreadable-step_00000008"  # set aside by an earlier relaunch
+    earlier.mkdir()
     args = tiny_args(reference.shards, tmp_path / "runs", "fallback", "train.keep_last=1")
     job = spawn_ranks(args, tmp_path / "logs", "fallback")
     try:
@@ -94,7 +96,7 @@ def test_unreadable_newest_checkpoints_fall_back_rotation_keeps_the_readable_and
     assert checkpoint_steps(run_dir) == [8]
     assert torch.load(run_dir / "checkpoints" / "step_00000008" / "state.pt", weights_only=True)["step"] == 8
     aside = run_dir / "checkpoints"
-    assert (aside / "unreadable-step_00000008" / "state.pt").read_bytes() == broken
+    assert (aside / "unreadable-step_00000008.1" / "state.pt").read_bytes() == broken and earlier.is_dir()
     assert (aside / "unreadable-step_00000006").is_dir()
     assert [m["step"] for m in metric_lines(run_dir)] == list(range(1, 9))
     assert losses(run_dir) == reference.losses
