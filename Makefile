@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 SHARDS  ?= shards
 RUN     ?= demo_digits_simclr
 
-.PHONY: demo test test-fast lint system-deps gpu-check gpu-tests gpu-loss gpu-loader gpu-step clean
+.PHONY: demo test test-fast lint bench-env system-deps gpu-check gpu-tests gpu-loss gpu-loader gpu-step clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -62,5 +62,14 @@ gpu-step: $(GPU_DATA)/shards/manifest.json
 system-deps:
 	bash tests/install_system_deps.sh
 
+## the peer environment the time-to-accuracy benchmark runs lightly's loop in: lightly 1.6.0 pulls hydra-core,
+## which downgrades omegaconf, so it never goes into .venv (benchmarks/README.md)
+PEER := .venv-peer
+bench-env: $(PEER)/.installed
+$(PEER)/.installed: pyproject.toml
+	test -x $(PEER)/bin/python || $(PY) -m venv $(PEER)
+	$(PEER)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 lightly==1.6.0
+	touch $@
+
 clean:
-	rm -rf $(VENV) shards runs
+	rm -rf $(VENV) $(PEER) shards runs
