@@ -33,7 +33,7 @@ from trainer.eval.fit import FitConfig
 from trainer.eval.knn import knn_scores
 from trainer.eval.label_efficiency import METHODS, LabeledSplit, StudyConfig, run_study, verdicts
 from trainer.eval.linear import linear_probe, pixel_logistic_regression
-from trainer.eval.report import read_json, write_report
+from trainer.eval.report import online_metrics, read_json, write_report
 from trainer.eval.subsets import balanced_subset, resolve_classes, restrict_to_classes
 
 
@@ -231,19 +231,24 @@ def cmd_report(session: Session, args: argparse.Namespace) -> None:
     images, labels = sample_images(session, session.eval.train_split, per_class=6, max_classes=10)
     figures["dataset samples"] = plots.sample_grid(images, labels, session.class_names, session.data.mean,
                                                    session.data.std, out / "samples.png")
-    steps_trained = None
+    steps_trained, online = None, {}
     metrics_path = session.run_dir / "metrics.jsonl"
     if metrics_path.is_file() and (records := plots.read_metrics(metrics_path)):
         figures["training curves"] = plots.training_curves(records, out / "training_curves.png")
         steps_trained = max(r.get("step", 0) for r in records)
+        online = online_metrics(records)
+    pixel_train, pixel_test = session.images(session.eval.train_split), session.images(session.eval.test_split)
+    pixel_knn, _ = knn_result(session, (pixel_train[0].flatten(1), pixel_train[1]),
+                              (pixel_test[0].flatten(1), pixel_test[1]))
+    pixels = {"knn": pixel_knn["top1"], "logreg": pixel_logistic_regression(pixel_train, pixel_test)["top1"]}
     figures["t-SNE of test embeddings"] = plots.tsne_plot(test[0], test[1], session.class_names, out / "tsne.png")
     study = read_json(out / "label_efficiency.json")
     if study is not None:
         figures["label efficiency"] = out / "label_efficiency.png"
         if not figures["label efficiency"].is_file():
             plots.label_efficiency_chart(study["rows"], METHODS, figures["label efficiency"])
-    path = write_report(session.run_dir, out, replace(session.encoder.cfg, eval=session.eval), knn, figures,
-                        steps_trained)
+    path = write_report(session.run_dir, out, replace(session.encoder.cfg, eval=session.eval), knn, pixels, online,
+                        figures, steps_trained)
     print(f"report: {path}")
 
 

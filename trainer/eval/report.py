@@ -1,7 +1,10 @@
 """runs/<name>/eval/report.md: the run's numbers and figures on one page.
 
 Reads what the eval commands wrote (knn.json, linear.json, label_efficiency.json) and the training
-log (metrics.jsonl); draws the sample grid, training curves, t-SNE and label-efficiency chart.
+log (metrics.jsonl); draws the sample grid, training curves, t-SNE and label-efficiency chart. Beside
+the encoder's scores stand the raw-pixel baseline (the same kNN, and logistic regression, on the eval
+view's pixels: what the encoder must beat) and what monitoring logged during pretraining, with the
+last logged kNN checked against the offline one when both scored the same weights.
 """
 
 from __future__ import annotations
@@ -21,20 +24,45 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def accuracy_table(eval_dir: Path, knn: dict) -> list[str]:
-    """Markdown rows: kNN, linear probe and raw pixels on all labels, from whichever file has them."""
-    study = read_json(eval_dir / "label_efficiency.json") or {}
-    linear = read_json(eval_dir / "linear.json") or study.get("all_labels", {}).get("linear")
-    pixels = study.get("all_labels", {}).get("pixel_logreg")
+def online_metrics(records: list[dict]) -> dict:
+    """The last logged `knn/acc` (with its step) and `probe/acc` of metrics.jsonl records."""
+    out = {}
+    for key in ("knn/acc", "probe/acc"):
+        found = [r for r in records if key in r]
+        if found:
+            out[key] = {"value": found[-1][key], "step": found[-1]["step"]}
+    return out
+
+
+def accuracy_table(eval_dir: Path, knn: dict, pixels: dict, online: dict, steps_trained: int | None) -> list[str]:
+    """Markdown rows: the encoder's kNN and linear probe, raw pixels, and the metrics logged in training."""
+    linear = read_json(eval_dir / "linear.json") or (read_json(eval_dir / "label_efficiency.json") or {}).get(
+        "all_labels", {}).get("linear")
     rows = ["| evaluation (all train labels) | top-1 | top-5 |", "|---|---|---|",
             f"| weighted kNN (k={knn['k']}, T={knn['temperature']}) | {_pct(knn['top1'])} | {_pct(knn['top5'])} |"]
     if linear:
         rows.append(f"| linear probe | {_pct(linear['top1'])} | {_pct(linear['top5'])} |")
     else:
         rows.append("| linear probe | not run (`python -m trainer eval linear`) | |")
-    if pixels:
-        rows.append(f"| raw-pixel logistic regression (scikit-learn) | {_pct(pixels['top1'])} | |")
-    return rows
+    rows += [f"| raw pixels: the same weighted kNN | {_pct(pixels['knn'])} | |",
+             f"| raw pixels: logistic regression (scikit-learn) | {_pct(pixels['logreg'])} | |"]
+    if "knn/acc" in online:
+        rows.append(f"| kNN logged during pretraining (step {online['knn/acc']['step']}) | "
+                    f"{_pct(online['knn/acc']['value'])} | |")
+    if "probe/acc" in online:
+        rows.append(f"| online linear probe, last log window (augmented train batches) | "
+                    f"{_pct(online['probe/acc']['value'])} | |")
+    lines = rows + [""]
+    logged = online.get("knn/acc")
+    if logged and logged["step"] == steps_trained:
+        # the same evaluator on the same weights: only the order of float sums may differ, which can
+        # flip a near-tie vote, so one test image of slack
+        agree = abs(logged["value"] - knn["top1"]) <= 1 / knn["test_samples"] + 1e-9
+        lines.append(f"Monitoring check: the kNN logged at the last step {'agrees with' if agree else 'DISAGREES with'} "
+                     f"the offline kNN on the final checkpoint ({_pct(logged['value'])} vs {_pct(knn['top1'])}).")
+    else:
+        lines.append("Monitoring check: no kNN was logged at the last step (train.knn_every), nothing to compare.")
+    return lines
 
 
 def study_section(study: dict | None) -> list[str]:
@@ -51,15 +79,16 @@ def study_section(study: dict | None) -> list[str]:
     return lines
 
 
-def write_report(run_dir: Path, eval_dir: Path, cfg: Config, knn: dict, figures: dict[str, Path],
-                 steps_trained: int | None) -> Path:
-    """Write eval_dir/report.md from the results there; `figures` maps a caption to a PNG inside eval_dir."""
+def write_report(run_dir: Path, eval_dir: Path, cfg: Config, knn: dict, pixels: dict, online: dict,
+                 figures: dict[str, Path], steps_trained: int | None) -> Path:
+    """Write eval_dir/report.md from the results there; `pixels` = {"knn", "logreg"} top-1 on raw pixels,
+    `online` = online_metrics(...), `figures` maps a caption to a PNG inside eval_dir."""
     lines = [f"# {run_dir.name}: {cfg.method.name} on {Path(cfg.data.shards).name}", "",
              (f"Backbone {cfg.model.backbone} (width {cfg.model.width}, small stem {cfg.model.small_stem}), "
              f"{cfg.data.image_size} px, global batch {cfg.train.global_batch_size}, "
              f"{steps_trained if steps_trained is not None else 'unknown'} steps trained."), "",
              f"## Accuracy on the `{cfg.eval.test_split}` split ({knn['test_samples']} images)", "",
-             *accuracy_table(eval_dir, knn), "",
+             *accuracy_table(eval_dir, knn, pixels, online, steps_trained), "",
              "## Label efficiency", "", *study_section(read_json(eval_dir / "label_efficiency.json")), "",
              "## Figures", ""]
     lines += [f"![{caption}]({path.name})\n" for caption, path in figures.items()]
