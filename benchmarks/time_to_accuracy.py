@@ -124,9 +124,10 @@ class Turns:
             os.killpg(self.proc.pid, signal.SIGSTOP)
         return elapsed
 
-    def finish(self) -> None:
+    def finish(self, completed: bool) -> None:
+        """Let a completed job exit by itself; end an interrupted one (its whole process group)."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGCONT)
+            os.killpg(self.proc.pid, signal.SIGCONT if completed else signal.SIGKILL)
             self.proc.wait(timeout=120)
         self.log_file.close()
 
@@ -199,6 +200,7 @@ def run(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], dic
                  work / "lightly.log", env)
     scorer = Scorer(cfg, device)
     rows, curves = [], {"ours": [], "lightly": []}
+    completed = False
     try:
         for turn in range(1, total // every + 1):
             artifacts = {"ours": ours_dir / "checkpoints" / f"step_{turn * every:08d}",
@@ -219,9 +221,10 @@ def run(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], dic
                 row["cum_wall_s"] = round(sum(r["wall_s"] for r in curves[name]), 2)
                 rows.append(row)
                 print(f"step {row['step']} {name:8s} {row['wall_s']:8.1f} s  kNN {row['knn_top1']:.4f}", flush=True)
+        completed = True
     finally:
         for impl in (ours, peer):
-            impl.finish()
+            impl.finish(completed)
     return rows, time_to_accuracy_ratio(curves["ours"], curves["lightly"]), params
 
 

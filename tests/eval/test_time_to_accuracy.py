@@ -4,7 +4,6 @@ environment exists (`make bench-env`), a tiny end-to-end run on digits."""
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -101,9 +100,8 @@ def test_a_turn_runs_until_its_artifact_then_freezes_the_process(tmp_path):
         time.sleep(0.3)  # 30 ticks' time
         assert ticks.read_text() == frozen_at
     finally:
-        os.killpg(turns.proc.pid, signal.SIGKILL)
-        turns.proc.wait()
-        turns.log_file.close()
+        turns.finish(completed=False)  # an interrupted job is killed, group and all, not resumed
+    assert turns.proc.returncode == -signal.SIGKILL
 
 
 @pytest.mark.slow
