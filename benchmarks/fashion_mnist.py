@@ -1,0 +1,233 @@
+"""The Fashion-MNIST study: every method pretrained under one wall-clock budget, scored by the project's eval.
+
+    python -m benchmarks.fashion_mnist --budget-minutes 20 --methods simclr,byol,vicreg,rotnet --seeds 0
+    python -m benchmarks.fashion_mnist --budget-minutes 60 --methods simclr --seeds 0,1,2
+
+A cell is (method, seed, budget): `configs/fashion_mnist_<method>.yaml` pretrained with `train.max_steps`
+set so the run fits the budget (seconds per step measured first by a short calibration run of the same
+config on the same machine; the schedule then ends where the budget does, instead of being cut off),
+then scored by trainer.eval: weighted kNN and the linear probe on all train labels, and at each label
+fraction the SSL linear probe, SSL fine-tune and the same network from scratch. Fine-tune and scratch
+get the same budget in epochs over their labels and the same early stopping (validated once per epoch
+over the labels on a held-out 10% of the train split). The `pixels` cell is the raw-pixel reference:
+the same kNN and scikit-learn's logistic regression on the eval-view pixels.
+
+Each cell writes <work-dir>/cells/<cell>.json when it finishes, and a rerun skips cells whose file
+exists, so the study runs in pieces. After every cell the finished cells are gathered into
+results/fashion_mnist_<device>_<date>.json and a chart (.png beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import add_common_args, print_table, setup, write_results
+from data_prep.manifest import load_manifest
+from trainer.config import load_config
+from trainer.dist import DistContext
+from trainer.eval.cli import write_json
+from trainer.eval.encoder import fresh_backbone, load_encoder
+from trainer.eval.features import cached_features, split_images
+from trainer.eval.fit import FitConfig
+from trainer.eval.knn import knn_predict
+from trainer.eval.label_efficiency import LabeledSplit, StudyConfig, run_study
+from trainer.eval.linear import linear_probe, pixel_logistic_regression
+from trainer.eval.plots import read_metrics
+from trainer.eval.subsets import balanced_subset, holdout_split
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+FINETUNE_BATCH = 32  # StudyConfig's fine-tune batch
+
+
+def config_path(method: str) -> Path:
+    return CONFIGS / f"fashion_mnist_{method}.yaml"
+
+
+def train(config: Path, overrides: list[str], log: Path) -> None:
+    with log.open("a") as out:
+        done = subprocess.run([sys.executable, "-m", "trainer", "train", "--config", str(config), *overrides,
+                               "train.progress=false"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{config}: training exited {done.returncode}; see {log}")
+
+
+def seconds_per_step(config: Path, overrides: list[str], run_root: Path, steps: int) -> float:
+    """Median of the trainer's own `time/step` over a short run of the same config, first window
+    (start-up, first batches) dropped."""
+    window = max(1, steps // 3)
+    name = f"calibrate_{config.stem}"
+    train(config, [*overrides, f"train.run_root={run_root}", f"train.name={name}", f"train.max_steps={steps}",
+                   f"train.log_every={window}", f"train.ckpt_every={steps}", "train.knn_every=0"],
+          run_root / f"{name}.log")
+    times = [r["time/step"] for r in read_metrics(run_root / name / "metrics.jsonl") if "time/step" in r]
+    return statistics.median(times[1:] or times)
+
+
+def pretrain(method: str, seed: int, budget_s: float, args: argparse.Namespace) -> tuple[Path, dict]:
+    config = config_path(method)
+    overrides = [f"data.shards={args.shards}", f"train.seed={seed}", *args.overrides]
+    run_root = args.work_dir / "runs"
+    run_root.mkdir(parents=True, exist_ok=True)
+    per_step = seconds_per_step(config, overrides, run_root, args.calibration_steps)
+    steps = max(1, math.floor(budget_s / per_step))
+    name = f"{method}_s{seed}_{args.budget_minutes:g}min"
+    started = time.perf_counter()
+    train(config, [*overrides, f"train.run_root={run_root}", f"train.name={name}", f"train.max_steps={steps}",
+                   "train.knn_every=0"], run_root / f"{name}.log")
+    cfg = load_config(config, overrides)
+    return run_root / name, {"steps": steps, "calibrated_s_per_step": per_step,
+                             "pretrain_wall_s": round(time.perf_counter() - started, 1),
+                             "epochs": round(steps * cfg.train.global_batch_size / args.train_samples, 2)}
+
+
+class Data:
+    """The eval-view images of both splits, read once per process (the same for every cell)."""
+
+    def __init__(self, cfg, device: torch.device):
+        ctx = DistContext(device=device)
+        self.ctx, self.cfg = ctx, cfg
+        self.train = split_images(cfg.data, cfg.eval.train_split, ctx, cfg.eval.batch_size)
+        self.test = split_images(cfg.data, cfg.eval.test_split, ctx, cfg.eval.batch_size)
+        self.num_classes = len(load_manifest(cfg.data.shards)["classes"])
+
+
+def knn_top1(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor, cfg,
+             num_classes: int) -> float:
+    predicted = knn_predict(train, train_y, test, num_classes, cfg.eval.knn_k, cfg.eval.knn_temperature)
+    return (predicted == test_y).float().mean().item()
+
+
+def all_labels_probe(num_samples: int, epochs: int) -> FitConfig:
+    """The linear probe of `python -m trainer eval linear` (AdamW lr 1e-2, cosine over `epochs` passes)."""
+    return FitConfig(lr=1e-2, weight_decay=FitConfig().weight_decay, batch_size=256,
+                     max_steps=epochs * math.ceil(num_samples / 256))
+
+
+def evaluate(run_dir: Path, data: Data, args: argparse.Namespace, device: torch.device, seed: int) -> dict:
+    encoder = load_encoder(run_dir, device)
+    cfg = encoder.cfg
+    splits = (cfg.eval.train_split, cfg.eval.test_split)
+    (train_f, train_y), (test_f, test_y) = (cached_features(run_dir, encoder.backbone, data.cfg.data, s,
+                                                            data.ctx, cfg.eval.batch_size) for s in splits)
+    if not (torch.equal(train_y, data.train[1]) and torch.equal(test_y, data.test[1])):
+        raise RuntimeError(f"{run_dir}: cached features and images disagree on label order; delete eval/features_*.pt")
+    n = data.num_classes
+    result = {"knn": knn_top1(train_f, train_y, test_f, test_y, cfg, n)}
+    linear, _ = linear_probe((train_f, train_y), (test_f, test_y), n, all_labels_probe(len(train_y), args.probe_epochs),
+                             device, seed)
+    result["linear"] = linear["top1"]
+    train = LabeledSplit(train_f, data.train[0], train_y)
+    test = LabeledSplit(test_f, data.test[0], test_y)
+    rest, _ = holdout_split(train_y, StudyConfig().holdout, seed)
+    result["label_efficiency"] = []
+    for fraction in args.fractions:
+        labels = len(balanced_subset(train_y[rest], fraction, seed))
+        per_epoch = math.ceil(labels / FINETUNE_BATCH)
+        study = StudyConfig(fractions=[fraction], seed=seed)
+        study.finetune = replace(study.finetune, max_steps=args.finetune_epochs * per_epoch, eval_every=per_epoch)
+        study.probe = replace(study.probe, max_steps=args.finetune_epochs * math.ceil(labels / study.probe.batch_size),
+                              eval_every=math.ceil(labels / study.probe.batch_size))
+        row = run_study(encoder.backbone, encoder.feature_dim, lambda s: fresh_backbone(cfg.model, s)[0], train,
+                        test, n, study, device)["rows"][0]
+        keys = ("ssl_linear", "ssl_finetune", "scratch")
+        result["label_efficiency"].append({k: row[k] for k in ("fraction", "labeled_samples", *keys)}
+                                          | {"steps": {k: row["details"][k]["steps"] for k in keys},
+                                             "max_epochs_over_labels": args.finetune_epochs})
+    return result
+
+
+def pixels_cell(data: Data) -> dict:
+    (x, y), (xt, yt) = data.train, data.test
+    return {"knn": knn_top1(x.flatten(1), y, xt.flatten(1), yt, data.cfg, data.num_classes),
+            "linear": pixel_logistic_regression(data.train, data.test)["top1"]}
+
+
+def gather(cells_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(cells_dir.glob("*.json"))]
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    names = [r["cell"] for r in rows]
+    for offset, key in ((-0.2, "knn"), (0.2, "linear")):
+        ax.bar([i + offset for i in range(len(rows))], [100 * r[key] for r in rows], width=0.4, label=key)
+    ax.set_xticks(range(len(rows)), names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(100 * min(r[k] for r in rows for k in ("knn", "linear")) - 5, 100)
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("Fashion-MNIST: all train labels")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget-minutes", type=float, default=20.0, help="pretraining wall clock per cell")
+    p.add_argument("--methods", default="simclr,byol,vicreg,rotnet",
+                   help="comma-separated; each needs configs/fashion_mnist_<method>.yaml")
+    p.add_argument("--seeds", default="0", help="comma-separated pretraining seeds (train.seed)")
+    p.add_argument("--shards", type=Path, default=REPO / "shards" / "fashion-mnist")
+    p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "fashion_mnist_study",
+                   help="runs, logs and the finished cells (cells/<cell>.json)")
+    p.add_argument("--fractions", default="0.01,0.1", help="label fractions of the label-efficiency rows")
+    p.add_argument("--finetune-epochs", type=int, default=10,
+                   help="fine-tune / scratch / SSL probe: most passes over the labels (early stopping may end sooner)")
+    p.add_argument("--probe-epochs", type=int, default=30, help="all-labels linear probe: passes over the features")
+    p.add_argument("--calibration-steps", type=int, default=15, help="steps timed before a cell to size its run")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for every method's config")
+    add_common_args(p)
+    args = p.parse_args(argv)
+    device = setup(args)
+    methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
+    args.fractions = [float(f) for f in args.fractions.split(",")]
+    missing = [str(config_path(m)) for m in methods if not config_path(m).is_file()]
+    if missing:
+        raise SystemExit(f"--methods: no config {', '.join(missing)}")
+    cells_dir = args.work_dir / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    reference = load_config(config_path(methods[0]), [f"data.shards={args.shards}", *args.overrides])
+    data = None
+    todo = [("pixels", None, None)] + [(f"{m}_s{s}_{args.budget_minutes:g}min", m, s) for m in methods for s in seeds]
+    for cell, method, seed in todo:
+        if (cells_dir / f"{cell}.json").is_file():
+            print(f"{cell}: done before, skipped")
+            continue
+        data = data or Data(reference, device)
+        args.train_samples = len(data.train[1])
+        started = time.perf_counter()
+        if method is None:
+            result = {"cell": cell, **pixels_cell(data)}
+        else:
+            run_dir, run = pretrain(method, seed, 60 * args.budget_minutes, args)
+            result = {"cell": cell, "method": method, "seed": seed, "budget_minutes": args.budget_minutes, **run,
+                      **evaluate(run_dir, data, args, device, seed)}
+        result["cell_wall_s"] = round(time.perf_counter() - started, 1)
+        write_json(cells_dir / f"{cell}.json", result)
+        print(f"{cell}: kNN {result['knn']:.4f}  linear {result['linear']:.4f}", flush=True)
+        rows = gather(cells_dir)
+        path = write_results("fashion_mnist", device, {"what": __doc__.split("\n")[0], "shards": str(args.shards),
+                                                       "threads": torch.get_num_threads()}, rows, args.out_dir)
+        chart(rows, path.with_suffix(".png"))
+    rows = gather(cells_dir)
+    print_table(rows, ["cell", "knn", "linear", "steps", "epochs", "pretrain_wall_s", "cell_wall_s"])
+
+
+if __name__ == "__main__":
+    main()

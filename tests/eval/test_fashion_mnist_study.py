@@ -1,0 +1,56 @@
+"""The Fashion-MNIST study's machinery on tiny digits: cells sized by the calibrated budget, scored by the
+project's eval, written as they finish, skipped on a rerun, gathered into the results JSON and chart."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from test_monitoring import float64_knn_accuracy
+
+from benchmarks.fashion_mnist import main as study_main
+from trainer.config import load_config
+from trainer.dist import DistContext
+from trainer.eval.features import split_images
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def test_study_cells_results_and_rerun(tmp_path, capsys):
+    subprocess.run([sys.executable, "-m", "data_prep", "digits", "--out", str(tmp_path / "shards"), "--size", "16",
+                    "--max-samples", "300"], cwd=REPO, check=True, capture_output=True, timeout=120)
+    shards = tmp_path / "shards" / "digits"
+    tiny = ["data.image_size=16", "model.width=8", "train.global_batch_size=32", "data.workers=0", "eval.knn_k=10"]
+    argv = ["--methods", "simclr", "--seeds", "0", "--budget-minutes", "0.05", "--shards", str(shards),
+            "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out"), "--fractions", "0.1",
+            "--finetune-epochs", "2", "--probe-epochs", "2", "--calibration-steps", "3", *tiny]
+    study_main(argv)
+    result = next((tmp_path / "out").glob("fashion_mnist_*.json"))
+    rows = {r["cell"]: r for r in json.loads(result.read_text())["rows"]}
+    assert set(rows) == {"pixels", "simclr_s0_0.05min"}
+    cell = rows["simclr_s0_0.05min"]
+    assert cell["steps"] == max(1, math.floor(3.0 / cell["calibrated_s_per_step"]))  # 0.05 min = 3 s
+    assert all(0.0 <= cell[k] <= 1.0 for k in ("knn", "linear")) and cell["pretrain_wall_s"] > 0
+    (row,) = cell["label_efficiency"]
+    per_epoch = math.ceil(row["labeled_samples"] / 32)
+    # fine-tune and scratch share one budget in epochs over their labels (early stopping may end sooner)
+    assert 0 < row["steps"]["ssl_finetune"] <= 2 * per_epoch and 0 < row["steps"]["scratch"] <= 2 * per_epoch
+    assert all(0.0 <= row[k] <= 1.0 for k in ("ssl_linear", "ssl_finetune", "scratch"))
+
+    cfg = load_config(REPO / "configs" / "fashion_mnist_simclr.yaml", [f"data.shards={shards}", *tiny])
+    (x, y), (xt, yt) = (split_images(cfg.data, s, DistContext(), 64) for s in ("train", "test"))
+    assert rows["pixels"]["knn"] == pytest.approx(float64_knn_accuracy(x, y, xt, yt, 10, cfg.eval.knn_temperature),
+                                                  abs=1 / len(yt) + 1e-9)  # one test image: a float-order tie
+    with Image.open(result.with_suffix(".png")) as chart:
+        chart.verify()
+
+    cells = tmp_path / "work" / "cells"
+    stamps = {p.name: p.stat().st_mtime_ns for p in cells.iterdir()}
+    capsys.readouterr()
+    study_main(argv)
+    assert capsys.readouterr().out.count("done before, skipped") == 2
+    assert {p.name: p.stat().st_mtime_ns for p in cells.iterdir()} == stamps
