@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -55,9 +56,12 @@ def config_path(method: str) -> Path:
 
 
 def train(config: Path, overrides: list[str], log: Path) -> None:
+    """`python -m trainer train` in its own process, with this process's torch threads (OMP_NUM_THREADS)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     with log.open("a") as out:
         done = subprocess.run([sys.executable, "-m", "trainer", "train", "--config", str(config), *overrides,
-                               "train.progress=false"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, check=False)
+                               "train.progress=false"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env,
+                              check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{config}: training exited {done.returncode}; see {log}")
 
