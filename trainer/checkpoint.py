@@ -1,11 +1,14 @@
 """Checkpoints for exact resume, written atomically; auto-resume; preemption signals.
 
 Layout: runs/<name>/checkpoints/step_00000120/
-    state.pt     rank 0: method state_dict (BYOL's target included), engine state (optimizer, scaler),
-                 online-probe state, step / epoch / step_in_epoch (the data position), the RNG states
-                 of every rank (gathered), the resolved config. Only tensors, numbers, strings,
-                 lists and dicts, so it loads with `weights_only=True`.
-    deepspeed/   DeepSpeed runs: its collective checkpoint (every rank's ZeRO partition).
+    state.pt     rank 0: the method's full state_dict (EMA targets included), engine state (optimizer,
+                 scaler), online-probe state, step / epoch / samples_in_epoch (the data position as a
+                 global sample index, so it means the same on any world size), the RNG states of every
+                 rank (gathered), the resolved config. Only tensors, numbers, strings, lists and dicts,
+                 so it loads with `weights_only=True`.
+    deepspeed/   DeepSpeed runs: its collective checkpoint (every rank's ZeRO partition; same W only).
+    fsdp2/       FSDP2 runs: torch.distributed.checkpoint shards of weights and optimizer, resharded on
+                 load. DDP and FSDP2 runs resume on another world size with the same global batch.
 A checkpoint is built in `.tmp-step_...`, fsynced, then renamed: a crash mid-write leaves the
 previous one intact, and temporary names never match `step_*`.
 """
@@ -206,7 +209,10 @@ class Checkpointer:
                 "model": model,
                 "engine": engine.state_dict(),
                 "probe": probe.state_dict() if probe is not None else {},
-                "step": position.step, "epoch": position.epoch, "step_in_epoch": position.step_in_epoch,
+                "step": position.step, "epoch": position.epoch,
+                # the data position by global sample index: the epoch's permutation up to here is consumed
+                # (trainer/data/sampling.py), whatever the world size that consumed it
+                "samples_in_epoch": position.step_in_epoch * self.cfg.train.global_batch_size,
                 "rng": rngs,
                 "config": to_dict(self.cfg),
                 "data": self.data,
@@ -265,17 +271,31 @@ class Checkpointer:
             return Position()
         directory = Path(choice[0])
         state = found[1] if found else torch.load(directory / STATE, map_location="cpu", weights_only=True)
+        if len(state["rng"]) != self.ctx.world_size and self.cfg.engine.name == "deepspeed":
+            raise ResumeError(f"{directory}: saved by {len(state['rng'])} ranks, now {self.ctx.world_size}: DeepSpeed's "
+                              "ZeRO partitions load only on the world size that wrote them; relaunch with "
+                              f"{len(state['rng'])} processes, or train with engine.name = ddp or fsdp2, which reshard")
         engine.load_model_state_dict(state["model"])
         engine.load_state_dict(state["engine"])
         engine.load_shards(directory)
         if probe is not None and state["probe"]:
             probe.load_state_dict(state["probe"])
-        if len(state["rng"]) == self.ctx.world_size:
+        saved_world = len(state["rng"])
+        if saved_world == self.ctx.world_size:
             set_rng_state(state["rng"][self.ctx.global_rank])
         else:
-            warnings.warn(f"{directory}: saved by {len(state['rng'])} ranks, now {self.ctx.world_size}: "
-                          "RNG states not restored, resume is not bit-exact", stacklevel=2)
-        return Position(state["step"], state["epoch"], state["step_in_epoch"])
+            warnings.warn(f"{directory}: saved by {saved_world} ranks, resumed on {self.ctx.world_size}, global "
+                          f"batch {self.cfg.train.global_batch_size} on both; the rest of the epoch's samples follow "
+                          "as they would have. Per-rank RNG states not restored: not bit-exact", stacklevel=2)
+        return Position(state["step"], state["epoch"], self._step_in_epoch(state, directory))
+
+    def _step_in_epoch(self, state: dict, directory: Path) -> int:
+        """Optimizer steps of the epoch already done, from the global sample index (older checkpoints: the step)."""
+        if "samples_in_epoch" not in state:
+            return state["step_in_epoch"]
+        steps, rest = divmod(state["samples_in_epoch"], self.cfg.train.global_batch_size)
+        assert rest == 0, f"{directory}: samples_in_epoch is not a whole number of global batches"
+        return steps
 
 
 class Preemption:
