@@ -28,6 +28,11 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 FINGERPRINT_SPAN = 64 * 1024
 
 
+class ShardError(ValueError):
+    """A shard, index or label that is unreadable or not what the manifest lists; the message names
+    the file (and line, key or value)."""
+
+
 def index_path(shard: Path) -> Path:
     """wds2idx's default: `train-000000.tar` -> `train-000000.idx`."""
     return shard.with_name(shard.name.split(".", 1)[0] + ".idx")
@@ -65,26 +70,26 @@ Span = tuple[int, int]
 def parse_index(path: Path, text: str) -> list[tuple[str, Span, Span | None]]:
     """Per sample of a v1.2 index: (key, (image offset, size), (cls offset, size) or None).
 
-    Raises ValueError naming the file, the line and the token that is wrong."""
+    Raises ShardError naming the file, the line and the token that is wrong."""
     lines = text.splitlines()
     if not lines or not lines[0].startswith(INDEX_VERSION + " "):
-        raise ValueError(f"{path}: not a wds2idx {INDEX_VERSION} index (first line {lines[:1]})")
+        raise ShardError(f"{path}: not a wds2idx {INDEX_VERSION} index (first line {lines[:1]})")
     rows = []
     for line_no, line in enumerate(lines[1:], start=2):
         fields = line.split()
         if not fields or len(fields) % 4:
-            raise ValueError(f"{path}:{line_no}: expected groups of 4 fields (ext offset size name), "
+            raise ShardError(f"{path}:{line_no}: expected groups of 4 fields (ext offset size name), "
                              f"got {len(fields)}: {line!r}")
         members = {}
         for j in range(0, len(fields), 4):
             ext, offset, size, name = fields[j : j + 4]
             if not (offset.isdigit() and size.isdigit()):
-                raise ValueError(f"{path}:{line_no}: offset and size of {ext!r} must be integers, "
+                raise ShardError(f"{path}:{line_no}: offset and size of {ext!r} must be integers, "
                                  f"got {offset!r} {size!r}")
             members[ext] = (int(offset), int(size), name)
         image = next((members[e] for e in IMAGE_EXTS if e in members), None)
         if image is None:
-            raise ValueError(f"{path}:{line_no}: sample has no image member (one of {IMAGE_EXTS}): {line!r}")
+            raise ShardError(f"{path}:{line_no}: sample has no image member (one of {IMAGE_EXTS}): {line!r}")
         key = os.path.basename(image[2]).split(".", 1)[0]
         cls = members.get("cls")
         rows.append((key, image[:2], cls[:2] if cls else None))
@@ -123,24 +128,24 @@ STAMP_KEYS = ("size", "fingerprint", "index_sha256")
 
 
 def check_stamp(root: Path, entry: dict, manifest_file: Path) -> None:
-    """Raise ValueError naming the file when a shard or its index is not the one `manifest_file` lists."""
+    """Raise ShardError naming the file when a shard or its index is not the one `manifest_file` lists."""
     missing = [k for k in STAMP_KEYS if k not in entry]
     if missing:
-        raise ValueError(f"{manifest_file}: shard {entry['file']} has no {'/'.join(missing)} (written by an "
+        raise ShardError(f"{manifest_file}: shard {entry['file']} has no {'/'.join(missing)} (written by an "
                          f"older data_prep): run `python -m data_prep verify --out {root}`, which adds them "
                          f"after checking every shard's sha256, or re-run data_prep")
     shard, index = root / entry["file"], root / entry["index"]
     for path in (shard, index):
         if not path.is_file():
-            raise ValueError(f"{path}: missing (listed in {manifest_file})")
+            raise ShardError(f"{path}: missing (listed in {manifest_file})")
     size = shard.stat().st_size
     if size != entry["size"]:
-        raise ValueError(f"{shard}: {size} bytes, {manifest_file} says {entry['size']} (truncated, or "
+        raise ShardError(f"{shard}: {size} bytes, {manifest_file} says {entry['size']} (truncated, or "
                          f"not the shard data_prep wrote)")
     if fingerprint(shard) != entry["fingerprint"]:
-        raise ValueError(f"{shard}: not the shard {manifest_file} lists (its fingerprint differs: another "
+        raise ShardError(f"{shard}: not the shard {manifest_file} lists (its fingerprint differs: another "
                          f"preparation, or changed since); re-run data_prep, or `python -m data_prep "
                          f"verify` to see more")
     if sha256_file(index) != entry["index_sha256"]:
-        raise ValueError(f"{index}: not the index {manifest_file} lists (its sha256 differs); "
+        raise ShardError(f"{index}: not the index {manifest_file} lists (its sha256 differs); "
                          f"re-run data_prep")

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from data_prep.manifest import ManifestError, load_manifest
+from data_prep.shard_format import ShardError
 from trainer.config import Config, ConfigError, load_config
 
 USAGE = """usage: python -m trainer {train,eval,export} ...
@@ -57,6 +58,9 @@ def train_main(argv: list[str]) -> int:
         return 1
     except (ResumeError, RunInUse) as e:  # nothing was trained or written: the command needs another value
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ManifestError, ShardError) as e:  # found while building the loader, before any run folder
+        print(f"data error: {e}", file=sys.stderr)
         return 2
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.manifest import load_manifest, manifest_path
-from data_prep.shard_format import check_stamp, parse_index
+from data_prep.shard_format import ShardError, check_stamp, parse_index
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class SampleIndex:
         manifest_file = manifest_path(self.root)
         splits = self.manifest["splits"]
         if split not in splits:
-            raise ValueError(f"{manifest_file}: no split {split!r}; it has {sorted(splits)}")
+            raise ShardError(f"{manifest_file}: no split {split!r}; it has {sorted(splits)}")
         self.split = split
         self.labeled = bool(splits[split]["labeled"])
         self.class_names = [self.manifest["class_names"].get(c, c) for c in self.manifest["classes"]]
@@ -52,7 +52,7 @@ class SampleIndex:
             index = self.root / entry["index"]
             rows = parse_index(index, index.read_text())
             if len(rows) != entry["num_samples"]:
-                raise ValueError(f"{index}: indexes {len(rows)} samples, {manifest_file} says "
+                raise ShardError(f"{index}: indexes {len(rows)} samples, {manifest_file} says "
                                  f"{entry['file']} holds {entry['num_samples']}")
             for key, (offset, size), cls_span in rows:
                 shard_ids.append(shard_id)
@@ -67,7 +67,7 @@ class SampleIndex:
         self.labels = np.asarray([self._label(i, span) for i, span in enumerate(cls_spans)], dtype=np.int64)
         expected = splits[split]["num_samples"]
         if len(self) != expected:
-            raise ValueError(f"{manifest_file}: split {split!r} lists {expected} samples, "
+            raise ShardError(f"{manifest_file}: split {split!r} lists {expected} samples, "
                              f"its shard indexes hold {len(self)}")
 
     def __len__(self) -> int:
@@ -85,11 +85,11 @@ class SampleIndex:
             return -1
         ref = self.ref(i)
         if span is None:
-            raise ValueError(f"{ref.shard}: sample {ref.key!r} has no 'cls' in a labeled split")
+            raise ShardError(f"{ref.shard}: sample {ref.key!r} has no 'cls' in a labeled split")
         text = self._pread(int(self.shard_ids[i]), *span).decode("ascii", "replace").strip()
         num_classes = len(self.class_names)
         if not (text.isdigit() and int(text) < num_classes):
-            raise ValueError(f"{ref.shard}: sample {ref.key!r} has label {text!r}, not a class of "
+            raise ShardError(f"{ref.shard}: sample {ref.key!r} has label {text!r}, not a class of "
                              f"{manifest_path(self.root)} (0..{num_classes - 1})")
         return int(text)
 
@@ -100,7 +100,7 @@ class SampleIndex:
             fd = self._fds[shard_id] = os.open(self.shards[shard_id], os.O_RDONLY)
         data = os.pread(fd, size, offset)
         if len(data) != size:
-            raise ValueError(f"{self.shards[shard_id]}: truncated (wanted {size} bytes at {offset})")
+            raise ShardError(f"{self.shards[shard_id]}: truncated (wanted {size} bytes at {offset})")
         return data
 
     def __getstate__(self) -> dict:
