@@ -71,7 +71,7 @@ def test_knn_one_rank_equals_two_ranks(run_dir):
 
 def test_label_efficiency_report_and_export(run_dir, tmp_path, capsys):
     assert eval_main(["label-efficiency", "--run", str(run_dir), "--fractions", "0.1,1",
-                      "--finetune-steps", "4", "--probe-steps", "20", "--epochs", "2"]) == 0
+                      "--finetune-epochs", "1", "--probe-steps", "20", "--epochs", "2"]) == 0
     study = json.loads((run_dir / "eval" / "label_efficiency.json").read_text())
     assert [r["fraction"] for r in study["rows"]] == [0.1, 1.0]
     for row in study["rows"]:

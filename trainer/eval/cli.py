@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -130,10 +129,10 @@ def knn_result(session: Session, train, test) -> tuple[dict, torch.Tensor]:
     return result, scores
 
 
-def probe_config(args: argparse.Namespace, num_samples: int) -> FitConfig:
+def probe_config(args: argparse.Namespace) -> FitConfig:
     """The all-labels linear probe: AdamW, cosine schedule over `epochs` passes, no early stopping."""
     return FitConfig(lr=args.lr, weight_decay=args.weight_decay, batch_size=args.probe_batch_size,
-                     max_steps=args.epochs * math.ceil(num_samples / args.probe_batch_size))
+                     epochs=args.epochs)
 
 
 def cmd_knn(session: Session, args: argparse.Namespace) -> None:
@@ -146,7 +145,7 @@ def cmd_knn(session: Session, args: argparse.Namespace) -> None:
 def cmd_linear(session: Session, args: argparse.Namespace) -> None:
     train, test = session.features(session.eval.train_split), session.features(session.eval.test_split)
     if session.ctx.is_main:
-        result, logits = linear_probe(train, test, len(session.task_names), probe_config(args, len(train[1])),
+        result, logits = linear_probe(train, test, len(session.task_names), probe_config(args),
                                       session.ctx.device, args.seed)
         result.update(train_samples=len(train[1]), test_samples=len(test[1]), epochs=args.epochs)
         finish(session, session.result_name("linear"), result, logits, test[1])
@@ -158,7 +157,7 @@ def cmd_finetune(session: Session, args: argparse.Namespace) -> None:
         return
     subset = balanced_subset(train[1], args.fraction, args.seed)
     cfg = FitConfig(lr=args.lr, weight_decay=args.weight_decay, batch_size=args.finetune_batch_size,
-                    max_steps=args.epochs * math.ceil(len(subset) / args.finetune_batch_size), shift=args.shift)
+                    epochs=args.epochs, shift=args.shift)
     result, logits = finetune(session.encoder.backbone, session.encoder.feature_dim,
                               (train[0][subset], train[1][subset]), test, len(session.task_names), cfg,
                               session.ctx.device, args.seed, backbone_lr_scale=args.backbone_lr_scale)
@@ -170,7 +169,7 @@ def study_config(args: argparse.Namespace) -> StudyConfig:
     cfg = StudyConfig(fractions=args.fractions, holdout=args.holdout, seed=args.seed,
                       backbone_lr_scale=args.backbone_lr_scale)
     cfg.probe = replace(cfg.probe, max_steps=args.probe_steps, patience=args.patience)
-    cfg.finetune = replace(cfg.finetune, max_steps=args.finetune_steps, patience=args.patience,
+    cfg.finetune = replace(cfg.finetune, epochs=args.finetune_epochs, patience=args.patience,
                            lr=args.finetune_lr, shift=args.shift)
     return cfg
 
@@ -195,7 +194,7 @@ def cmd_label_efficiency(session: Session, args: argparse.Namespace) -> None:
                       study_config(args), session.ctx.device)
     knn, _ = knn_result(session, (train.features, train.labels), (test.features, test.labels))
     linear, _ = linear_probe((train.features, train.labels), (test.features, test.labels), num_classes,
-                             probe_config(args, len(train.labels)), session.ctx.device, args.seed)
+                             probe_config(args), session.ctx.device, args.seed)
     pixels = pixel_logistic_regression((train.images, train.labels), (test.images, test.labels))
     study["all_labels"] = {"knn": knn, "linear": linear, "pixel_logreg": pixels}
     study["wall_s"] = round(time.perf_counter() - started, 1)
@@ -297,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="label-efficiency: share of the train split held out for early stopping")
     parser.add_argument("--probe-steps", type=int, default=study.probe.max_steps,
                         help="label-efficiency: max linear-probe steps")
-    parser.add_argument("--finetune-steps", type=int, default=study.finetune.max_steps,
-                        help=f"label-efficiency: max fine-tune / scratch steps (batch {study.finetune.batch_size})")
+    parser.add_argument("--finetune-epochs", type=int, default=study.finetune.epochs,
+                        help="label-efficiency: max fine-tune / scratch passes over each labelled subset "
+                             f"(batch {study.finetune.batch_size})")
     parser.add_argument("--finetune-lr", type=float, default=study.finetune.lr,
                         help="label-efficiency: AdamW lr of fine-tune head and scratch network")
     parser.add_argument("--patience", type=int, default=study.finetune.patience,

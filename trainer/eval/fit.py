@@ -6,6 +6,11 @@ stalls, early stopping after `patience` evaluations without a better score, and 
 weights restored at the end. The score is validation accuracy, ties broken by the lower loss: a
 small validation set saturates (every image right from some step on), and accuracy alone would then
 stop training at the first weights that got there. Without one: AdamW with a cosine schedule over `max_steps`, last weights kept.
+
+The budget is `max_steps`, or with `epochs` set, that many passes over the training set (full batches
+only), so that a fit on 100 labels and one on 5,000 see their data equally often; validation then
+runs every `eval_every` steps or once an epoch, whichever is rarer, so that `patience` never gives up
+within one pass over a large set.
 """
 
 from __future__ import annotations
@@ -25,11 +30,20 @@ class FitConfig:
     weight_decay: float = 1e-4
     batch_size: int = 64
     max_steps: int = 500
-    eval_every: int = 25  # steps between validation evaluations
+    epochs: int = 0  # > 0: the budget is this many passes over the training set instead of max_steps
+    eval_every: int = 25  # steps between validation evaluations (at least one epoch when epochs > 0)
     patience: int = 4  # evaluations without improvement before stopping
     plateau_patience: int = 1  # evaluations without improvement before the lr is cut
     plateau_factor: float = 0.3
     shift: int = 0  # random translation in px (image inputs; 0 for features)
+
+
+def steps_and_cadence(cfg: FitConfig, num_samples: int) -> tuple[int, int]:
+    """(step budget, steps between validations) for a training set of `num_samples`."""
+    if cfg.epochs == 0:
+        return cfg.max_steps, cfg.eval_every
+    steps_per_epoch = num_samples // min(cfg.batch_size, num_samples)
+    return cfg.epochs * steps_per_epoch, max(cfg.eval_every, steps_per_epoch)
 
 
 @dataclass
@@ -70,13 +84,14 @@ def fit_classifier(model: nn.Module, param_groups: list[dict], train: tuple[torc
     `param_groups` may carry an "lr_scale" (e.g. a smaller lr for a pretrained backbone).
     """
     x, y = train
+    max_steps, eval_every = steps_and_cadence(cfg, len(x))
     generator = torch.Generator().manual_seed(seed)
     for group in param_groups:
         group["lr"] = cfg.lr * group.pop("lr_scale", 1.0)
     optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
     if val is None:
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / cfg.max_steps)))
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / max_steps)))
     else:
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
@@ -84,7 +99,7 @@ def fit_classifier(model: nn.Module, param_groups: list[dict], train: tuple[torc
     order, cursor = torch.randperm(len(x), generator=generator), 0
     step = 0
     batch_size = min(cfg.batch_size, len(x))
-    while step < cfg.max_steps:
+    while step < max_steps:
         if cursor + batch_size > len(x):  # full batches only: a batch of one would upset BatchNorm
             order, cursor = torch.randperm(len(x), generator=generator), 0
         idx = order[cursor:cursor + batch_size]
@@ -98,7 +113,7 @@ def fit_classifier(model: nn.Module, param_groups: list[dict], train: tuple[torc
         step += 1
         if val is None:
             schedule.step()
-        elif step % cfg.eval_every == 0 or step == cfg.max_steps:
+        elif step % eval_every == 0 or step == max_steps:
             logits = predict(model, val[0], device)
             acc, val_loss = accuracy(logits, val[1]), F.cross_entropy(logits, val[1]).item()
             plateau.step(val_loss)
@@ -111,4 +126,4 @@ def fit_classifier(model: nn.Module, param_groups: list[dict], train: tuple[torc
                     break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return FitResult(step, best_acc if val is not None else None, step < cfg.max_steps)
+    return FitResult(step, best_acc if val is not None else None, step < max_steps)
