@@ -12,6 +12,7 @@ from trainer.config import Config
 from trainer.dist import DistContext
 from trainer.engine.amp import autocast, restore_unless, step_if
 from trainer.engine.plan import Plan
+from trainer.engine.sync_bn import convert_sync_batchnorm
 from trainer.optim import build_optimizer, set_hyperparameters
 from trainer.types import Batch, MethodOutput
 
@@ -21,7 +22,7 @@ class DDPEngine:
         self.ctx, self.precision, self.total_steps = ctx, plan.precision, plan.total_steps
         self.grad_clip, self.skip_nonfinite = cfg.optim.grad_clip, cfg.train.nonfinite == "skip"
         if cfg.engine.sync_bn and ctx.distributed:
-            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+            method = convert_sync_batchnorm(method, ctx.device)
         method = method.to(ctx.device)
         if cfg.engine.channels_last and ctx.device.type == "cuda":
             method = method.to(memory_format=torch.channels_last)

@@ -15,6 +15,7 @@ from trainer.config import Config
 from trainer.dist import DistContext, ensure_process_group
 from trainer.engine.amp import autocast, restore_unless
 from trainer.engine.plan import Plan
+from trainer.engine.sync_bn import convert_sync_batchnorm
 from trainer.optim import build_optimizer, set_hyperparameters
 from trainer.types import Batch, MethodOutput
 
@@ -32,6 +33,8 @@ class DeepSpeedEngine:
         ensure_process_group(ctx)
         self.ctx, self.precision, self.total_steps = ctx, plan.precision, plan.total_steps
         self.skip_nonfinite = cfg.train.nonfinite == "skip"
+        if cfg.engine.sync_bn and ctx.distributed:
+            method = convert_sync_batchnorm(method, ctx.device)
         self.module = method.to(ctx.device)
         if cfg.engine.channels_last and ctx.device.type == "cuda":
             self.module = self.module.to(memory_format=torch.channels_last)

@@ -1,0 +1,149 @@
+"""SyncBN: with `engine.sync_bn`, W real ranks (gloo, 127.0.0.1) compute the BatchNorm statistics,
+the loss and every parameter gradient of one process on the whole batch; the DeepSpeed engine
+honours the key too.
+
+The methods keep their BatchNorms (ResNet and heads) and run in float64, so only the regrouped sums
+of the per-rank statistics separate the two sides.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from method_helpers import random_batch, tiny_method
+from tolerance import rounding_bound
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer.config import Config, EngineConfig, OptimConfig, TrainConfig
+from trainer.data.views import Batch
+from trainer.dist import DistContext
+from trainer.engine.sync_bn import GlobalBatchNorm, convert_sync_batchnorm
+
+NAMES = ("simclr", "byol", "vicreg")
+PER_RANK = 3
+# the longest accumulation chain of a float64 gradient: ~20 layers of a width-4 ResNet-18 at 8 px,
+# forward and backward, each a fan-in of at most 9 x 32 and a batch reduction of at most 12 x 8 x 8
+CHAIN = 2 * 20 * (9 * 32 + 12 * 8 * 8)
+
+
+def build(name):
+    torch.manual_seed(0)
+    method, views = tiny_method(name, image_size=8, width=4, head_dim=16)
+    return method.double(), views
+
+
+def batchnorm_state(module):
+    return {k: v.clone() for k, v in module.state_dict().items() if "running_" in k}
+
+
+def _rank_main(rank, world_size, port, folder):
+    torch.set_num_threads(1)
+    os.environ.update(GLOO_SOCKET_IFNAME="lo", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    inputs = torch.load(Path(folder) / "inputs.pt")
+    results = {}
+    for name in NAMES:
+        state, views = inputs[name]
+        method, _ = build(name)
+        method.load_state_dict(state)
+        method = convert_sync_batchnorm(method, torch.device("cpu"))
+        local = Batch([v[rank * PER_RANK:(rank + 1) * PER_RANK] for v in views])
+        ddp = DistributedDataParallel(method)  # held: its reducer must outlive the backward
+        out = ddp(local)
+        out.loss.backward()  # DDP averages the gradients over ranks
+        loss = out.loss.detach().clone()
+        dist.all_reduce(loss)
+        grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+        results[name] = (loss / world_size, grads, batchnorm_state(method))
+    results["deepspeed"] = deepspeed_running_means(rank, world_size)
+    if rank == 0:
+        torch.save(results, Path(folder) / "results.pt")
+    dist.destroy_process_group()
+
+
+def deepspeed_running_means(rank, world_size):
+    """One DeepSpeed step with engine.sync_bn on this rank's own images: the BatchNorm running
+    means every rank ends with (equal only if the statistics were global)."""
+    from trainer.engine import build_engine, make_plan
+
+    method, views = tiny_method("simclr", image_size=8, width=4, head_dim=16)
+    cfg = Config(optim=OptimConfig(name="sgd", base_lr=0.1),
+                 engine=EngineConfig(name="deepspeed", sync_bn=True),
+                 train=TrainConfig(global_batch_size=PER_RANK * world_size))
+    plan = make_plan(cfg, world_size, torch.device("cpu"), loader_steps_per_epoch=10)
+    engine = build_engine(cfg, plan, method, DistContext(rank, rank, world_size, world_size))
+    assert not [m for m in engine.module.modules() if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d)]
+    engine.step([random_batch(views, PER_RANK, seed=100 + rank)], lr=plan.lr)
+    flat = torch.cat([m.running_mean for m in engine.module.modules() if isinstance(m, GlobalBatchNorm)])
+    parts = [torch.empty_like(flat) for _ in range(world_size)]
+    dist.all_gather(parts, flat)
+    return torch.stack(parts)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_conversion_keeps_state_dtype_and_mode_and_is_plain_batchnorm_in_one_process():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 5),
+                        nn.BatchNorm1d(5, affine=False)).double()
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 2.0)
+        net[1].running_var.fill_(3.0)
+    net[1].bias.requires_grad_(False)  # as in a frozen EMA target
+    net[4].eval()
+    want_state = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(7, 3, 6, 6, dtype=torch.float64)
+    want = net(x)
+    plain_after = {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(want_state)
+    synced = convert_sync_batchnorm(net, torch.device("cpu"))
+    assert [type(m) for m in synced.modules()].count(GlobalBatchNorm) == 2
+    assert all(torch.equal(v, want_state[k]) and v.dtype == want_state[k].dtype
+               for k, v in synced.state_dict().items())
+    assert synced[1].training and not synced[4].training
+    assert synced[1].weight.requires_grad and not synced[1].bias.requires_grad
+    assert torch.equal(synced(x), want)  # no process group: F.batch_norm itself
+    assert all(torch.equal(v, plain_after[k]) for k, v in synced.state_dict().items())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_sync_bn_equals_one_process_on_the_whole_batch(world_size, tmp_path):
+    inputs, want = {}, {}
+    for seed, name in enumerate(NAMES):
+        method, views = build(name)
+        batch = random_batch(views, world_size * PER_RANK, seed=seed, dtype=torch.float64)
+        inputs[name] = ({k: v.clone() for k, v in method.state_dict().items()}, batch.views)
+        out = method(batch)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+        want[name] = (out.loss.detach(), grads, batchnorm_state(method))
+    torch.save(inputs, tmp_path / "inputs.pt")
+    mp.spawn(_rank_main, args=(world_size, free_port(), str(tmp_path)), nprocs=world_size, join=True)
+    got = torch.load(tmp_path / "results.pt")
+    for name in NAMES:
+        (loss, grads, stats), (ref_loss, ref_grads, ref_stats) = got[name], want[name]
+        assert ref_stats and stats.keys() == ref_stats.keys() and grads.keys() == ref_grads.keys()
+        # gradients against the largest of the method's (a bias before a BatchNorm has an exact 0 of
+        # cancelling terms); statistics and the loss against their own size
+        grad_scale = max(g.abs().max().item() for g in ref_grads.values())
+        pairs = [("loss", loss, ref_loss, ref_loss.abs().item())]
+        pairs += [(k, grads[k], ref_grads[k], grad_scale) for k in ref_grads]
+        pairs += [(k, stats[k], ref_stats[k], ref_stats[k].abs().max().item()) for k in ref_stats]
+        for key, value, ref, scale in pairs:
+            torch.testing.assert_close(value, ref, rtol=0, atol=rounding_bound(torch.float64, scale, CHAIN),
+                                       msg=lambda m, k=f"{name} {key}": f"{k}: {m}")
+    # per-rank BatchNorm would leave each rank its own running means (its images differ)
+    means = got["deepspeed"]
+    assert means[0].abs().max() > 0 and all(torch.equal(m, means[0]) for m in means)
