@@ -22,9 +22,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer.config import Config, EngineConfig, OptimConfig, TrainConfig
-from trainer.data.views import Batch
 from trainer.dist import DistContext
 from trainer.engine.sync_bn import GlobalBatchNorm, convert_sync_batchnorm
+from trainer.types import Batch
 
 NAMES = ("simclr", "byol", "vicreg")
 PER_RANK = 3
@@ -80,7 +80,7 @@ def deepspeed_running_means(rank, world_size):
     plan = make_plan(cfg, world_size, torch.device("cpu"), loader_steps_per_epoch=10)
     engine = build_engine(cfg, plan, method, DistContext(rank, rank, world_size, world_size))
     assert not [m for m in engine.module.modules() if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d)]
-    engine.step([random_batch(views, PER_RANK, seed=100 + rank)], lr=plan.lr)
+    engine.step([random_batch(views, PER_RANK, seed=100 + rank)], lr=plan.lr, step=0)
     flat = torch.cat([m.running_mean for m in engine.module.modules() if isinstance(m, GlobalBatchNorm)])
     parts = [torch.empty_like(flat) for _ in range(world_size)]
     dist.all_gather(parts, flat)
