@@ -4,8 +4,9 @@ Layout: runs/<name>/checkpoints/step_00000120/
     state.pt     rank 0: the method's full state_dict (EMA targets included), engine state (optimizer,
                  scaler), online-probe state, step / epoch / samples_in_epoch (the data position as a
                  global sample index, so it means the same on any world size), the RNG states of every
-                 rank (gathered), the resolved config. Only tensors, numbers, strings, lists and dicts,
-                 so it loads with `weights_only=True`.
+                 rank (gathered), the resolved config and the dataset's identity (`data`: manifest name,
+                 sample count, view sizes; compared on resume with the MEANING settings). Only tensors,
+                 numbers, strings, lists and dicts, so it loads with `weights_only=True`.
     deepspeed/   DeepSpeed runs: its collective checkpoint (every rank's ZeRO partition; same W only).
     fsdp2/       FSDP2 runs: torch.distributed.checkpoint shards of weights and optimizer, resharded on
                  load. DDP and FSDP2 runs resume on another world size with the same global batch.
@@ -101,6 +102,7 @@ FRESH = "start fresh with another train.name (or delete the run folder {run_dir}
 
 
 def _setting(config: dict, key: str):
+    """config["a"]["b"] for key "a.b" ({} or None where a part is missing)."""
     for part in key.split("."):
         config = config.get(part, {}) if isinstance(config, dict) else None
     return config
