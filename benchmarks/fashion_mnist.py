@@ -34,7 +34,6 @@ import torch
 
 from benchmarks.common import add_common_args, print_table, setup, write_results
 from data_prep.manifest import load_manifest
-from trainer.config import load_config
 from trainer.dist import DistContext
 from trainer.eval.cli import write_json
 from trainer.eval.encoder import fresh_backbone, load_encoder
@@ -45,6 +44,7 @@ from trainer.eval.label_efficiency import LabeledSplit, StudyConfig, run_study
 from trainer.eval.linear import linear_probe, pixel_logistic_regression
 from trainer.eval.plots import read_metrics
 from trainer.eval.subsets import balanced_subset, holdout_split
+from trainer.registry import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -142,7 +142,7 @@ def evaluate(run_dir: Path, data: Data, args: argparse.Namespace, device: torch.
         study.finetune = replace(study.finetune, max_steps=args.finetune_epochs * per_epoch, eval_every=per_epoch)
         study.probe = replace(study.probe, max_steps=args.finetune_epochs * math.ceil(labels / study.probe.batch_size),
                               eval_every=math.ceil(labels / study.probe.batch_size))
-        row = run_study(encoder.backbone, encoder.feature_dim, lambda s: fresh_backbone(cfg.model, s)[0], train,
+        row = run_study(encoder.backbone, encoder.feature_dim, lambda s: fresh_backbone(cfg.model, cfg.data.image_size, s)[0], train,
                         test, n, study, device)["rows"][0]
         keys = ("ssl_linear", "ssl_finetune", "scratch")
         result["label_efficiency"].append({k: row[k] for k in ("fraction", "labeled_samples", *keys)}

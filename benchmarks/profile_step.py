@@ -21,9 +21,9 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from benchmarks.common import add_common_args, device_label, setup, sync
 from benchmarks.step import autocast, synthetic_views
-from trainer.config import load_config
 from trainer.dist import DistContext
 from trainer.methods import METHODS
+from trainer.registry import load_config
 from trainer.types import Batch
 
 PHASES = ("data", "forward", "backward", "optimizer", "sync")
@@ -59,7 +59,7 @@ def profile_steps(args, device: torch.device):
     if args.shards is not None:
         overrides.append(f"data.shards={args.shards}")
     cfg = load_config(None, overrides)
-    method = METHODS[args.method](cfg.method, cfg.model).to(device)
+    method = METHODS[args.method](cfg.method, cfg.model, cfg.data.image_size).to(device)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(method.parameter_groups(), lr=1e-3, momentum=0.9)

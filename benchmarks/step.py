@@ -36,11 +36,11 @@ from benchmarks.common import (
     time_ms,
     write_results,
 )
-from trainer.config import load_config
 from trainer.dist import DistContext
 from trainer.engine import build_engine, make_plan
 from trainer.methods import METHODS
 from trainer.models.backbones import build_backbone
+from trainer.registry import load_config
 from trainer.types import Batch
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -83,8 +83,8 @@ def our_setup(name: str, backbone: str, size: int, batch: int, run: dict, device
             f"engine.compile={run['compile']}",
         ],
     )
-    plan = make_plan(cfg, 1, device, loader_steps_per_epoch=10**6)
-    engine = build_engine(cfg, plan, METHODS[name](cfg.method, cfg.model), DistContext(device=device))
+    plan = make_plan(cfg, 1, device, num_samples=10**6 * batch)
+    engine = build_engine(cfg, plan, METHODS[name](cfg.method, cfg.model, cfg.data.image_size), DistContext(device=device))
     specs = type(engine.module).views(cfg.method, cfg.data, cfg.aug)
     counter = {"step": 0}
 
@@ -106,7 +106,8 @@ def lightly_setup(name: str, backbone: str, batch: int, run: dict, device: torch
         from lightly.utils.lars import LARS
     except ImportError:
         return "not installed"
-    net, dim = build_backbone(load_config(None, [f"model.backbone={backbone}"]).model)
+    cfg = load_config(None, [f"model.backbone={backbone}"])
+    net, dim = build_backbone(cfg.model, cfg.data.image_size)
     if name == "simclr":
         model = nn.ModuleDict({"backbone": net, "head": H.SimCLRProjectionHead(dim, dim, 128)})
         criterion = L.NTXentLoss(temperature=0.1)
@@ -159,7 +160,8 @@ def lightly_setup(name: str, backbone: str, batch: int, run: dict, device: torch
 
 
 def ceiling_setup(backbone: str, run: dict, device: torch.device):
-    net = prepare(build_backbone(load_config(None, [f"model.backbone={backbone}"]).model)[0], device, run)
+    cfg = load_config(None, [f"model.backbone={backbone}"])
+    net = prepare(build_backbone(cfg.model, cfg.data.image_size)[0], device, run)
     forward = torch.compile(net) if run["compile"] else net
 
     def step(batch: Batch) -> None:

@@ -36,13 +36,14 @@ import torch
 
 from benchmarks.common import add_common_args, print_table, setup, write_results
 from data_prep.manifest import load_manifest
-from trainer.config import Config, load_config
+from trainer.config import Config
 from trainer.dist import DistContext
 from trainer.eval.encoder import backbone_state
 from trainer.eval.features import split_images
 from trainer.eval.knn import knn_predict
 from trainer.methods import METHODS
 from trainer.models import build_backbone
+from trainer.registry import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 POLL_S = 0.05  # a frozen turn overruns its epoch by at most this (plus the time to stop the group)
@@ -149,7 +150,7 @@ class Scorer:
                           for i in range(0, len(images), bs)])
 
     def knn(self, state: dict[str, torch.Tensor]) -> float:
-        backbone, _ = build_backbone(self.cfg.model)
+        backbone, _ = build_backbone(self.cfg.model, self.cfg.data.image_size)
         backbone.load_state_dict(state, strict=True)  # strict: the peer's network is ours, name for name
         backbone.to(self.device).eval()
         bank, test = self.features(backbone, self.train[0]), self.features(backbone, self.test[0])

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from data_prep.manifest import ManifestError, load_manifest
 from data_prep.shard_format import ShardError
-from trainer.config import Config, ConfigError, load_config
+from trainer.config import Config, ConfigError
+from trainer.registry import load_config
 
-USAGE = """usage: python -m trainer {train,eval,export} ...
+USAGE = """usage: python -m trainer {train,show,eval,export} ...
   train --config F [key=value ...]   pretrain (or resume) the run F describes
+  show --config F --out PNG [--rows N] [key=value ...]   a grid of images and the method's views
   eval <knn|linear|finetune|label-efficiency|report> --run DIR [...]
   export --run DIR --out FILE"""
 
@@ -64,14 +67,39 @@ def train_main(argv: list[str]) -> int:
         return 2
 
 
+def show_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer show",
+                                     description="write a PNG grid: each image's resize, then each view of the "
+                                                 "config's method recipe")
+    parser.add_argument("--config", required=True, help="training config YAML")
+    parser.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    parser.add_argument("--rows", type=int, default=8, help="images shown (one per row)")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. data.backend=dali")
+    args = parser.parse_args(argv)
+    from trainer.data.show import render_grid
+    from trainer.methods import METHODS
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        views = METHODS[cfg.method.name].views(cfg.method, cfg.data, cfg.aug)
+        path = render_grid(cfg.data, views, args.out, rows=args.rows, seed=cfg.train.seed)
+    except ValueError as err:  # ConfigError and ManifestError included
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}: {args.rows} images x (original + {len(views)} views)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("train", "eval", "export"):
+    if not argv or argv[0] not in ("train", "show", "eval", "export"):
         print(USAGE, file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
     if command == "train":
         return train_main(rest)
+    if command == "show":
+        return show_main(rest)
     if command == "eval":
         from trainer.eval.cli import main as eval_main
 

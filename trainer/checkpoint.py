@@ -30,8 +30,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from trainer.config import Config, load_config, to_dict
+from trainer.config import Config, to_dict
 from trainer.dist import DistContext
+from trainer.registry import load_config
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "preempted, checkpoint saved, requeue me"
 STATE = "state.pt"

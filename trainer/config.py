@@ -2,12 +2,15 @@
 
 Every default lives in a dataclass below (paper values, see DESIGN.md); YAML files only override.
 A YAML file may list `_base_: [other.yaml, ...]` (paths relative to it) to compose small layers.
-The `method` section is typed by the chosen method's own `Config` dataclass (trainer/methods/).
+The `method` section is typed by the chosen method's own `Config` dataclass. The registries (method name ->
+Config dataclass, the backbone check) are handed in by the caller (trainer/registry.py): this module
+imports nothing of the rest of the trainer.
 Unknown keys, wrong types and invalid choices raise `ConfigError` naming the key and what is valid.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,9 +55,10 @@ class AugConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet18"  # resnet18 | resnet50 | mobilenet_v2
-    small_stem: bool = False  # 3x3 conv stem, no max-pool: for 32-96 px inputs
+    backbone: str = "resnet18"  # resnet18 | resnet50 | mobilenet_v2 | timm:<name>, e.g. timm:vit_tiny_patch16_224
+    small_stem: bool = False  # 3x3 conv stem, no max-pool: for 32-96 px inputs (torchvision networks)
     width: int = 64  # ResNet first-stage channels (64 = torchvision); smaller for tiny demo runs
+    patch_size: int = 0  # timm patch models (ViT): patch px, e.g. 4 at 32 px; 0 for convolutional networks
 
 
 @dataclass
@@ -124,18 +128,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.backend": ("torch", "dali"),
     "data.on_corrupt": ("skip", "fail"),
     "aug.blur": ("auto", "always", "never"),
-    "model.backbone": ("resnet18", "resnet50", "mobilenet_v2"),
     "optim.name": ("lars", "sgd", "adamw"),
     "engine.name": ("ddp", "deepspeed", "fsdp2"),
     "engine.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.nonfinite": ("stop", "skip"),
 }
-
-
-def _method_configs() -> dict[str, type]:
-    from trainer.methods import METHODS  # late import: methods import torch, config must not
-
-    return {name: cls.Config for name, cls in METHODS.items()}
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
@@ -178,11 +175,15 @@ def _merge(schema: DictConfig, layer: DictConfig, source: str) -> DictConfig:
         raise _explain(e, schema, source) from None
 
 
-def _check_choices(cfg: DictConfig, methods: dict[str, type]) -> None:
+def _check_choices(cfg: DictConfig, check_backbone: Callable[[str], None]) -> None:
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"'{key}' = {value!r}: choose one of {', '.join(allowed)}")
+    try:
+        check_backbone(cfg.model.backbone)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     for key in ("global_batch_size", "epochs", "log_every", "ckpt_every", "keep_last"):
         if OmegaConf.select(cfg, f"train.{key}") < 1:
             raise ConfigError(f"'train.{key}' must be >= 1")
@@ -227,12 +228,14 @@ def _refuse_env_interpolation(layer: DictConfig, source: str) -> None:
     walk(OmegaConf.to_container(layer, resolve=False), "")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...], *, methods: Mapping[str, type],
+                check_backbone: Callable[[str], None]) -> Config:
     """Defaults <- YAML file (with its `_base_` layers) <- `key=value` overrides, checked.
 
-    Returns plain dataclass instances (`cfg.method` is the chosen method's Config).
+    `methods`: method name -> its Config dataclass; `check_backbone(name)` raises ValueError for a
+    backbone the registry cannot build. Returns plain dataclass instances (`cfg.method` is the chosen
+    method's Config). Callers use trainer.registry.load_config, which hands in the trainer's registries.
     """
-    methods = _method_configs()
     file_layer = _read_yaml(Path(path)) if path else OmegaConf.create()
     bad = [o for o in overrides if "=" not in o]
     if bad:
@@ -250,7 +253,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     _refuse_env_interpolation(cli_layer, "command line")
     cfg = _merge(schema, file_layer, str(path) if path else "defaults")
     cfg = _merge(cfg, cli_layer, "command line")
-    _check_choices(cfg, methods)
+    _check_choices(cfg, check_backbone)
     _check_values(cfg)
     return OmegaConf.to_object(cfg)
 

@@ -1,6 +1,6 @@
 """The training loop, top to bottom. It never names a method: it asks the components.
 
-    config -> process group -> loader -> plan (derived sizes, logged) -> method -> engine
+    config -> process group -> plan (derived sizes from the manifest, logged) -> loader -> method -> engine
     -> resume the latest valid checkpoint -> for each optimizer step:
          fetch accumulation_steps micro-batches, method.before_step (schedules), engine.step
          (forward/backward/step), method.after_step (EMA), online probe, window metrics;
@@ -26,7 +26,7 @@ import torch.distributed as dist
 from trainer.checkpoint import EXIT_PREEMPTED, Checkpointer, Position, Preemption
 from trainer.config import Config, to_yaml
 from trainer.dist import DistContext, init_distributed, shutdown
-from trainer.engine import build_engine, make_plan, micro_batching
+from trainer.engine import build_engine, make_plan
 from trainer.logger import Meter, make_logger
 from trainer.optim import lr_at
 from trainer.probe import OnlineProbe, knn_accuracy
@@ -77,19 +77,18 @@ def train(cfg: Config) -> int:
 
 
 def run(cfg: Config, ctx: DistContext) -> int:
-    from trainer.data import build_loader
+    from trainer.data import build_loader, split_size
     from trainer.methods import METHODS
 
     preemption = Preemption(ctx)  # first, so a signal during setup is not lost
     seed_everything(cfg.train.seed)
     method_cls = METHODS[cfg.method.name]
-    per_device, _ = micro_batching(cfg.train, ctx.world_size)
-    views = method_cls.views(cfg.method, cfg.data, cfg.aug)
-    loader = build_loader(cfg.data, views, ctx, per_device, cfg.train.seed)
-    plan = make_plan(cfg, ctx.world_size, ctx.device, loader.steps_per_epoch)
+    plan = make_plan(cfg, ctx.world_size, ctx.device, split_size(cfg.data))
     accumulation, total = plan.accumulation_steps, plan.total_steps
+    views = method_cls.views(cfg.method, cfg.data, cfg.aug)
+    loader = build_loader(cfg.data, views, ctx, plan.per_device_batch_size, cfg.train.seed)
 
-    method = method_cls(cfg.method, cfg.model)
+    method = method_cls(cfg.method, cfg.model, cfg.data.image_size)
     engine = build_engine(cfg, plan, method, ctx)
     probe = None
     if cfg.train.online_probe and loader.samples.labeled:

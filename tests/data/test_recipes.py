@@ -8,11 +8,12 @@ import torch
 from PIL import Image
 from shardkit import encode, write_dataset
 
-from trainer.config import DataConfig, load_config
+from trainer.config import DataConfig
 from trainer.data import build_loader
 from trainer.data.params import blur_kernel_size
 from trainer.dist import DistContext
 from trainer.methods import METHODS
+from trainer.registry import load_config
 from trainer.types import ViewSpec
 
 

@@ -1,4 +1,4 @@
-"""`python -m trainer.data show`: the grid PNG has one row per image and one column per view + original."""
+"""`python -m trainer show`: the grid PNG has one row per image and one column per view + original."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 from shardkit import encode, write_dataset
 
+from trainer.__main__ import main
 from trainer.config import DataConfig
-from trainer.data.show import PAD, main, render_grid
+from trainer.data.show import PAD, render_grid
 from trainer.methods import METHODS
 from trainer.types import ViewSpec
 
@@ -42,7 +43,7 @@ def test_cli_writes_the_methods_views(tmp_path, dataset, method, capsys):
     config.write_text(f"method:\n  name: {method}\ndata:\n  shards: {dataset}\n  image_size: 16\n  workers: 0\n")
     assert main(["show", "--config", str(config), "--out", str(tmp_path / "g.png"), "--rows", "3"]) == 0
     assert "wrote" in capsys.readouterr().out
-    from trainer.config import load_config
+    from trainer.registry import load_config
 
     cfg = load_config(config)
     views = METHODS[method].views(cfg.method, cfg.data, cfg.aug)

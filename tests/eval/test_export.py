@@ -16,7 +16,7 @@ from trainer.methods import METHODS
 @pytest.mark.parametrize("model", [ModelConfig("resnet18", small_stem=True), ModelConfig("resnet18"),
                                    ModelConfig("mobilenet_v2", small_stem=True)], ids=["r18-small", "r18", "mnv2-small"])
 def test_export_loads_into_torchvision_with_identical_outputs(tmp_path, model):
-    backbone, dim = fresh_backbone(model, seed=0)
+    backbone, dim = fresh_backbone(model, 32, seed=0)
     with torch.no_grad():  # move BatchNorm statistics away from their init, so buffers must travel too
         backbone.train()(torch.randn(8, 3, 32, 32))
     backbone.eval()
@@ -39,7 +39,7 @@ def test_export_loads_into_torchvision_with_identical_outputs(tmp_path, model):
 
 def test_narrow_resnet_exports_without_a_torchvision_snippet(tmp_path):
     model = ModelConfig("resnet18", small_stem=True, width=16)
-    backbone, dim = fresh_backbone(model, seed=0)
+    backbone, dim = fresh_backbone(model, 32, seed=0)
     cfg = Config(model=model, method=METHODS["simclr"].Config())
     assert save_encoder(Encoder(cfg, backbone, dim), str(tmp_path / "e.safetensors"), "r") is None
     with safe_open(str(tmp_path / "e.safetensors"), "pt") as f:

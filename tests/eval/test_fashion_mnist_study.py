@@ -12,9 +12,9 @@ from PIL import Image
 from test_monitoring import float64_knn_accuracy
 
 from benchmarks.fashion_mnist import main as study_main
-from trainer.config import load_config
 from trainer.dist import DistContext
 from trainer.eval.features import split_images
+from trainer.registry import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.config import load_config
 from trainer.dist import DistContext
 from trainer.eval.cli import main as eval_main
 from trainer.eval.features import split_images
 from trainer.eval.plots import read_metrics
+from trainer.registry import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -72,7 +72,7 @@ def test_export_writes_the_shards_bytes_as_an_imagefolder_tree(tmp_path):
 @pytest.mark.parametrize("width, small_stem", [(8, True), (64, False)])
 def test_peer_backbone_is_ours_parameter_for_parameter(width, small_stem):
     peer = resnet18(width, small_stem)
-    ours, dim = build_backbone(ModelConfig(width=width, small_stem=small_stem))
+    ours, dim = build_backbone(ModelConfig(width=width, small_stem=small_stem), 16)
     ours.load_state_dict(peer.state_dict(), strict=True)  # same names and shapes, nothing missing or extra
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

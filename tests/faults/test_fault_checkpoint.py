@@ -30,7 +30,7 @@ from fault_harness import (
 )
 
 from trainer.checkpoint import ResumeError, read_latest
-from trainer.config import load_config
+from trainer.registry import load_config
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent

@@ -1,4 +1,4 @@
-"""Tiny methods for tests: ResNet-18 at width 8 with the small stem, 32-wide heads."""
+"""Tiny methods for tests: ResNet-18 at width 8 with the small stem (or timm's ViT-Tiny, patch 4), 32-wide heads."""
 
 from __future__ import annotations
 
@@ -7,26 +7,33 @@ import dataclasses
 import torch
 from torch import nn
 
-from trainer.config import load_config
 from trainer.methods import METHODS
+from trainer.registry import load_config
 from trainer.types import Batch, ViewSpec
 
+VIT = "timm:vit_tiny_patch16_224"
+BACKBONES = ("resnet18", VIT)  # what the contract tests loop over
 
-def tiny_method(name: str, *, image_size: int = 16, local_crops: int = 1, width: int = 8, head_dim: int = 32):
-    """(method, its views) built from the typed config with every `*_dim` head size set to head_dim."""
+
+def tiny_method(name: str, *, image_size: int = 16, local_crops: int = 1, width: int = 8, head_dim: int = 32,
+                backbone: str = "resnet18", overrides: tuple[str, ...] = ()):
+    """(method, its views) built from the typed config with every `*_dim` head size set to head_dim;
+    `backbone=VIT` is ViT-Tiny with 4 px patches (width and stem apply to the ResNet only)."""
+    model = ([f"model.backbone={backbone}", "model.patch_size=4"] if backbone.startswith("timm:")
+             else [f"model.width={width}", "model.small_stem=true"])
     cfg = load_config(
         overrides=[
             f"method.name={name}",
-            f"model.width={width}",
-            "model.small_stem=true",
+            *model,
             f"data.image_size={image_size}",
             f"aug.local_crops={local_crops}",
+            *overrides,
         ]
     )
     dims = {f.name: head_dim for f in dataclasses.fields(cfg.method) if f.name.endswith("_dim")}
     method_cfg = dataclasses.replace(cfg.method, **dims)
     cls = METHODS[name]
-    return cls(method_cfg, cfg.model), cls.views(method_cfg, cfg.data, cfg.aug)
+    return cls(method_cfg, cfg.model, cfg.data.image_size), cls.views(method_cfg, cfg.data, cfg.aug)
 
 
 def random_batch(views: list[ViewSpec], n: int, seed: int = 0, dtype=torch.float32) -> Batch:

@@ -41,7 +41,7 @@ class FreezingMethod(Method):
 def test_before_optimizer_step_sees_gradients_and_can_freeze_a_layer():
     cfg = Config(optim=OptimConfig(name="sgd", base_lr=0.1, weight_decay=0.1), engine=EngineConfig(name="ddp"),
                  train=TrainConfig(global_batch_size=8))
-    plan = make_plan(cfg, 1, torch.device("cpu"), loader_steps_per_epoch=10)
+    plan = make_plan(cfg, 1, torch.device("cpu"), num_samples=80)
     method = FreezingMethod()
     engine = build_engine(cfg, plan, method, DistContext())
     gen = torch.Generator().manual_seed(0)

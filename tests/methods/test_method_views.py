@@ -2,11 +2,12 @@
 
 import pytest
 
-from trainer.config import AugConfig, DataConfig, load_config
+from trainer.config import AugConfig, DataConfig
 from trainer.methods import METHODS
 from trainer.methods.byol import BYOLConfig
 from trainer.methods.simclr import SimCLRConfig
 from trainer.methods.vicreg import VICRegConfig
+from trainer.registry import load_config
 
 
 def views_of(name, image_size=96, **aug):

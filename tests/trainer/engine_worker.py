@@ -65,14 +65,14 @@ def main(out_path: str) -> None:
             )
             if engine_name == "deepspeed":  # the DDP twin of this run, for the loss comparison
                 cfg_ddp = Config(**{**cfg.__dict__, "engine": EngineConfig(name="ddp")})
-            plan = make_plan(cfg, ctx.world_size, ctx.device, loader_steps_per_epoch=2 * STEPS)
+            plan = make_plan(cfg, ctx.world_size, ctx.device, num_samples=2 * STEPS * 16)
             views = cls.views(cfg.method, cfg.data, cfg.aug)
             runs = [(engine_name, cfg, plan)]
             if engine_name == "deepspeed":
-                runs.append(("ddp", cfg_ddp, make_plan(cfg_ddp, ctx.world_size, ctx.device, 2 * STEPS)))
+                runs.append(("ddp", cfg_ddp, make_plan(cfg_ddp, ctx.world_size, ctx.device, num_samples=2 * STEPS * 16)))
             for label, run_cfg, run_plan in runs:
                 seed_everything(0)
-                method = cls(run_cfg.method, run_cfg.model)
+                method = cls(run_cfg.method, run_cfg.model, run_cfg.data.image_size)
                 engine = build_engine(run_cfg, run_plan, method, ctx)
                 record = {"loss": [], "rank_diff": []}
                 for step in range(STEPS):

@@ -94,7 +94,7 @@ def config(engine: str, world: int) -> Config:
 
 def build(variant: str, engine_name: str, ctx):
     cfg = config(engine_name, ctx.world_size)
-    plan = make_plan(cfg, ctx.world_size, ctx.device, loader_steps_per_epoch=2 * STEPS)
+    plan = make_plan(cfg, ctx.world_size, ctx.device, num_samples=2 * STEPS * 8)
     seed_everything(0)
     return build_engine(cfg, plan, TinyViTMethod(ema=variant == "ema"), ctx), plan
 

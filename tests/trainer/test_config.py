@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from trainer.config import ConfigError, load_config, to_yaml
+from trainer.config import ConfigError, to_yaml
+from trainer.registry import load_config
 
 
 def write(path, text):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import load_config
+from trainer.registry import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FILES = sorted(CONFIGS.rglob("*.yaml"))

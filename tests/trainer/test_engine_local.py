@@ -39,7 +39,7 @@ def engine_for(global_batch: int, per_device: int, nonfinite: str = "stop", dtyp
                  engine=EngineConfig(name="ddp"),
                  train=TrainConfig(global_batch_size=global_batch, per_device_batch_size=per_device,
                                    nonfinite=nonfinite))
-    plan = make_plan(cfg, 1, torch.device("cpu"), loader_steps_per_epoch=100)
+    plan = make_plan(cfg, 1, torch.device("cpu"), num_samples=1600)
     return build_engine(cfg, plan, PerSampleMethod().to(dtype), DistContext()), plan
 
 
@@ -94,7 +94,7 @@ class BatchNormMethod(PerSampleMethod):
 def test_skip_policy_restores_batchnorm_running_stats():
     cfg = Config(optim=OptimConfig(name="sgd", base_lr=0.1), engine=EngineConfig(name="ddp"),
                  train=TrainConfig(global_batch_size=16, nonfinite="skip"))
-    plan = make_plan(cfg, 1, torch.device("cpu"), loader_steps_per_epoch=100)
+    plan = make_plan(cfg, 1, torch.device("cpu"), num_samples=1600)
     engine = build_engine(cfg, plan, BatchNormMethod(), DistContext())
     engine.step([Batch(data(0))], lr=plan.lr, step=0)
     before = {k: v.clone() for k, v in engine.module.state_dict().items()}

@@ -91,8 +91,8 @@ def test_batchnorm_and_lars_are_refused_naming_the_layer_and_key():
         cfg = Config(method=METHODS["rotnet"].Config(), model=ModelConfig(width=8, small_stem=True),
                      optim=OptimConfig(name=optim), engine=EngineConfig(name="fsdp2"),
                      train=TrainConfig(global_batch_size=8))
-        method = METHODS["rotnet"](cfg.method, cfg.model)
+        method = METHODS["rotnet"](cfg.method, cfg.model, cfg.data.image_size)
         if optim == "lars":  # a model FSDP2 can shard, so the optimizer is what is refused
             method = torch.nn.Sequential(torch.nn.Linear(4, 4))
         with pytest.raises(ValueError, match=match):
-            build_engine(cfg, make_plan(cfg, 1, ctx.device, 4), method, ctx)
+            build_engine(cfg, make_plan(cfg, 1, ctx.device, num_samples=32), method, ctx)

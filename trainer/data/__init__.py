@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from data_prep.manifest import load_manifest, manifest_path
 from trainer.config import DataConfig
 from trainer.data.samples import SampleIndex
 from trainer.data.sampling import Plan
@@ -19,7 +20,7 @@ from trainer.data.torch_backend import TorchBackend
 from trainer.dist import DistContext
 from trainer.types import Batch, ViewSpec
 
-__all__ = ["Batch", "Loader", "ViewSpec", "build_loader"]
+__all__ = ["Batch", "Loader", "ViewSpec", "build_loader", "split_size"]
 
 
 class Loader:
@@ -45,6 +46,16 @@ class Loader:
             raise ValueError(f"start_step {start_step} outside [0, {self.steps_per_epoch}]")
         for views, labels in self.backend.run(self.plan.batches(epoch), epoch, start_step):
             yield Batch(views=views, labels=labels if self.samples.labeled else None)
+
+
+def split_size(data: DataConfig, split: str | None = None) -> int:
+    """Images in `split` (default data.split) as the dataset's manifest records them: what the training
+    plan is computed from before any loader exists."""
+    split = split or data.split
+    splits = load_manifest(data.shards)["splits"]
+    if split not in splits:
+        raise ValueError(f"{manifest_path(data.shards)}: no split {split!r}; it has {sorted(splits)}")
+    return splits[split]["num_samples"]
 
 
 def build_loader(data: DataConfig, views: list[ViewSpec], ctx: DistContext, batch_size: int, seed: int, *,

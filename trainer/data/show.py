@@ -1,4 +1,4 @@
-"""`python -m trainer.data show`: a PNG grid of images and their augmented views, to eyeball a recipe.
+"""A PNG grid of images and their augmented views, to eyeball a recipe (`python -m trainer show`).
 
 Row i is image i of the split: its deterministic resize first, then each view of the method's recipe
 (un-normalized, resized to a common cell so local crops show at the same scale as global ones).
@@ -6,15 +6,13 @@ Row i is image i of the split: its deterministic resize first, then each view of
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
-from trainer.config import DataConfig, load_config
+from trainer.config import DataConfig
 from trainer.data import build_loader
 from trainer.dist import DistContext
 from trainer.types import ViewSpec
@@ -37,25 +35,3 @@ def render_grid(data: DataConfig, views: list[ViewSpec], out: str | Path, rows: 
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(make_grid(tiles, nrow=len(cells), padding=PAD), out)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.data", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    show = sub.add_parser("show", help="write a PNG grid of originals and their augmented views")
-    show.add_argument("--config", required=True, help="training config YAML")
-    show.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    show.add_argument("--rows", type=int, default=8, help="images shown (one per row)")
-    show.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. data.backend=dali")
-    args = parser.parse_args(argv)
-    try:
-        from trainer.methods import METHODS
-
-        cfg = load_config(args.config, args.overrides)
-        views = METHODS[cfg.method.name].views(cfg.method, cfg.data, cfg.aug)
-        path = render_grid(cfg.data, views, args.out, rows=args.rows, seed=cfg.train.seed)
-    except ValueError as err:  # ConfigError included
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}: {args.rows} images x (original + {len(views)} views)")
-    return 0

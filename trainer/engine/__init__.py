@@ -19,9 +19,9 @@ from torch import nn
 
 from trainer.config import Config
 from trainer.dist import DistContext
-from trainer.engine.plan import Plan, make_plan, micro_batching
+from trainer.engine.plan import Plan, make_plan
 
-__all__ = ["Plan", "build_engine", "make_plan", "micro_batching"]
+__all__ = ["Plan", "build_engine", "make_plan"]
 
 
 def build_engine(cfg: Config, plan: Plan, method: nn.Module, ctx: DistContext):

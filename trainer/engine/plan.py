@@ -72,14 +72,16 @@ def deepspeed_config(cfg: Config, plan_batch: tuple[int, int, int], precision: s
     return ds
 
 
-def make_plan(cfg: Config, world_size: int, device: torch.device, loader_steps_per_epoch: int) -> Plan:
-    """`loader_steps_per_epoch`: micro-batches per epoch on each rank (Loader.steps_per_epoch)."""
+def make_plan(cfg: Config, world_size: int, device: torch.device, num_samples: int) -> Plan:
+    """The plan for training on `num_samples` images (the split's size in its manifest), computed before
+    the loader is built (the loader takes its per-device batch from here)."""
     per_device, accumulation = micro_batching(cfg.train, world_size)
-    steps_per_epoch = loader_steps_per_epoch // accumulation
+    # the loader drops the samples past the last full global batch each epoch (trainer/data/sampling.py)
+    steps_per_epoch = num_samples // cfg.train.global_batch_size
     if steps_per_epoch < 1:
         raise ValueError(
-            f"{loader_steps_per_epoch} batches of {per_device} per rank make no optimizer step of "
-            f"{cfg.train.global_batch_size} images: the dataset is smaller than train.global_batch_size"
+            f"{num_samples} images make no optimizer step of {cfg.train.global_batch_size}: the dataset is "
+            f"smaller than train.global_batch_size"
         )
     total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
     precision = resolve_precision(cfg.engine.precision, device)

@@ -186,11 +186,11 @@ def cmd_label_efficiency(session: Session, args: argparse.Namespace) -> None:
                            + ", ".join(str(feature_cache_path(session.run_dir, s)) for s in split))
     train, test = (LabeledSplit(f[0], i[0], f[1]) for f, i in zip(features, images))
     num_classes = len(session.task_names)
-    model_cfg = session.encoder.cfg.model
+    model_cfg, image_size = session.encoder.cfg.model, session.encoder.cfg.data.image_size
     print(f"label efficiency on {len(train.labels)} train / {len(test.labels)} test images, "
           f"{num_classes} classes, fractions {args.fractions}")
     study = run_study(session.encoder.backbone, session.encoder.feature_dim,
-                      lambda seed: fresh_backbone(model_cfg, seed)[0], train, test, num_classes,
+                      lambda seed: fresh_backbone(model_cfg, image_size, seed)[0], train, test, num_classes,
                       study_config(args), session.ctx.device)
     knn, _ = knn_result(session, (train.features, train.labels), (test.features, test.labels))
     linear, _ = linear_probe((train.features, train.labels), (test.features, test.labels), num_classes,

@@ -30,15 +30,15 @@ def backbone_state(method_state: dict[str, torch.Tensor], source: str) -> dict[s
     return state
 
 
-def fresh_backbone(model: ModelConfig, seed: int) -> tuple[nn.Module, int]:
-    """The run's architecture with random weights (the from-scratch baseline), seeded."""
+def fresh_backbone(model: ModelConfig, image_size: int, seed: int) -> tuple[nn.Module, int]:
+    """The run's architecture (for `image_size` px views) with random weights (the from-scratch baseline), seeded."""
     torch.manual_seed(seed)
-    return build_backbone(model)
+    return build_backbone(model, image_size)
 
 
 def load_encoder(run_dir: str | Path, device: torch.device) -> Encoder:
     """The backbone of the latest valid checkpoint in `run_dir`, loaded strictly, in eval mode."""
     cfg, method_state = load_model_weights(Path(run_dir))
-    backbone, feature_dim = build_backbone(cfg.model)
+    backbone, feature_dim = build_backbone(cfg.model, cfg.data.image_size)
     backbone.load_state_dict(backbone_state(method_state, str(run_dir)), strict=True)
     return Encoder(cfg, backbone.to(device).eval(), feature_dim)

@@ -44,12 +44,12 @@ class BYOL(Method):
     def views(cls, cfg: BYOLConfig, data: DataConfig, aug: AugConfig) -> list[ViewSpec]:
         return asymmetric_views(data, aug) + local_views(data, aug)
 
-    def __init__(self, cfg: BYOLConfig, model: ModelConfig):
+    def __init__(self, cfg: BYOLConfig, model: ModelConfig, image_size: int):
         super().__init__()
         if not 0 <= cfg.tau_base <= 1:
             raise ValueError(f"method.tau_base must be in [0, 1], got {cfg.tau_base}")
         self.cfg = cfg
-        self.backbone, self.feature_dim = build_backbone(model)
+        self.backbone, self.feature_dim = build_backbone(model, image_size)
         self.projector = mlp([self.feature_dim, cfg.proj_hidden_dim, cfg.proj_output_dim])
         self.predictor = mlp([cfg.proj_output_dim, cfg.pred_hidden_dim, cfg.proj_output_dim])
         # trained by after_step only: no gradient, so parameter_groups leaves them out

@@ -34,10 +34,10 @@ class RotNet(Method):
     def views(cls, cfg: RotNetConfig, data: DataConfig, aug: AugConfig) -> list[ViewSpec]:
         return rotation_views(data)
 
-    def __init__(self, cfg: RotNetConfig, model: ModelConfig):
+    def __init__(self, cfg: RotNetConfig, model: ModelConfig, image_size: int):
         super().__init__()
         self.cfg = cfg
-        self.backbone, self.feature_dim = build_backbone(model)
+        self.backbone, self.feature_dim = build_backbone(model, image_size)
         self.head = nn.Linear(self.feature_dim, 4)
 
     def embed(self, batch: Batch) -> list[torch.Tensor]:

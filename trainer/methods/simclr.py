@@ -36,12 +36,12 @@ class SimCLR(Method):
     def views(cls, cfg: SimCLRConfig, data: DataConfig, aug: AugConfig) -> list[ViewSpec]:
         return symmetric_views(data, aug) + local_views(data, aug)
 
-    def __init__(self, cfg: SimCLRConfig, model: ModelConfig):
+    def __init__(self, cfg: SimCLRConfig, model: ModelConfig, image_size: int):
         super().__init__()
         if cfg.temperature <= 0:
             raise ValueError(f"method.temperature must be > 0, got {cfg.temperature}")
         self.cfg = cfg
-        self.backbone, self.feature_dim = build_backbone(model)
+        self.backbone, self.feature_dim = build_backbone(model, image_size)
         self.projector = mlp([self.feature_dim, cfg.proj_hidden_dim or self.feature_dim, cfg.proj_output_dim])
 
     def embed(self, batch: Batch) -> list[torch.Tensor]:

@@ -40,10 +40,10 @@ class VICReg(Method):
     def views(cls, cfg: VICRegConfig, data: DataConfig, aug: AugConfig) -> list[ViewSpec]:
         return asymmetric_views(data, aug) + local_views(data, aug)
 
-    def __init__(self, cfg: VICRegConfig, model: ModelConfig):
+    def __init__(self, cfg: VICRegConfig, model: ModelConfig, image_size: int):
         super().__init__()
         self.cfg = cfg
-        self.backbone, self.feature_dim = build_backbone(model)
+        self.backbone, self.feature_dim = build_backbone(model, image_size)
         hidden = cfg.proj_hidden_dim
         self.expander = mlp([self.feature_dim, hidden, hidden, cfg.proj_output_dim], last_bias=False)
 

@@ -1,5 +1,0 @@
-import sys
-
-from trainer.data.show import main
-
-sys.exit(main())
