@@ -87,7 +87,7 @@ def test_resume_is_bit_identical_and_skips_a_truncated_checkpoint(workdir, full_
         assert len(flat_a) == len(flat_b)
         for x, y in zip(flat_a, flat_b):
             assert torch.equal(x, y) if torch.is_tensor(x) else x == y
-    assert a["step_in_epoch"] == 6 and a["epoch"] == 0
+    assert a["samples_in_epoch"] == 6 * 8 and a["epoch"] == 0  # 6 steps of the global batch 8
 
 
 @pytest.mark.slow
