@@ -92,13 +92,16 @@ class Logger(NullLogger):
         self.tb.flush()
 
     def images(self, tag: str, step: int, views: list[torch.Tensor], mean: list[float], std: list[float]) -> None:
-        """The first 8 images of each view [B, 3, H, W] (normalized) as one grid per view."""
-        from torchvision.utils import make_grid
+        """The first 8 images of each view [B, 3, H, W] (normalized) as one grid per view in TensorBoard,
+        and all views as the rows of run_dir/images/<tag>.png (the latest; the eval report shows it)."""
+        from torchvision.utils import make_grid, save_image
 
         m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
-        for v, x in enumerate(views):
-            images = (x[:8].detach().float().cpu() * s + m).clamp(0, 1)
+        rows = [(x[:8].detach().float().cpu() * s + m).clamp(0, 1) for x in views]
+        for v, images in enumerate(rows):
             self.tb.add_image(f"{tag}/view{v}", make_grid(images, nrow=8), step)
+        (self.run_dir / "images").mkdir(exist_ok=True)
+        save_image(torch.cat(rows), self.run_dir / "images" / f"{tag}.png", nrow=len(rows[0]))
 
     def progress(self, step: int, epoch: int, values: dict[str, float]) -> None:
         """Once per log window: the bar moves, or one plain line is printed."""

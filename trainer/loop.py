@@ -161,6 +161,8 @@ def run(cfg: Config, ctx: DistContext) -> int:
                     log.progress(step, epoch, values)
                     window_start, window_steps = time.perf_counter(), 0
                 if save:
+                    for tag, pictures in engine.images(micro[0]).items():  # collective under FSDP2
+                        log.images(tag, step, pictures, cfg.data.mean, cfg.data.std)
                     path = checkpointer.save(position, engine, probe)
                     log.info(f"step {step}: saved {path}")
                 if preempted:

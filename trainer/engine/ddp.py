@@ -78,6 +78,12 @@ class DDPEngine:
         self.optimizer.zero_grad(set_to_none=True)
         return outputs
 
+    @torch.no_grad()
+    def images(self, batch: Batch) -> dict[str, list[torch.Tensor]]:
+        """The method's pictures of `batch` (no graph, under the step's precision)."""
+        with autocast(self.precision, self.ctx.device):
+            return self.module.images(batch)
+
     def model_state_dict(self) -> dict:
         return self.module.state_dict()
 

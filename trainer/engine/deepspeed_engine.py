@@ -72,6 +72,14 @@ class DeepSpeedEngine:
                            buffers, before)
         return outputs
 
+    @torch.no_grad()
+    def images(self, batch: Batch) -> dict[str, list[torch.Tensor]]:
+        """The method's pictures of `batch` (no graph; half-precision views where the module is)."""
+        if self.precision == "fp16":
+            batch = Batch([v.half() for v in batch.views], batch.labels)
+        with autocast("bf16" if self.precision == "bf16" else "fp32", self.ctx.device):
+            return self.module.images(batch)
+
     def model_state_dict(self) -> dict:
         return self.module.state_dict()
 

@@ -106,6 +106,16 @@ class FSDP2Engine:
         self.optimizer.zero_grad(set_to_none=True)
         return outputs
 
+    @torch.no_grad()
+    def images(self, batch: Batch) -> dict[str, list[torch.Tensor]]:
+        """Collective: the method's pictures of `batch`. The hook is no forward, so the root's parameters
+        are gathered by hand (each block gathers its own in its forward)."""
+        self.module.unshard()
+        try:
+            return self.module.images(batch)
+        finally:
+            self.module.reshard()
+
     def model_state_dict(self) -> dict:
         """Collective: the full (unsharded) weights on rank 0, in CPU memory; {} on the other ranks."""
         return get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -241,6 +242,9 @@ def cmd_report(session: Session, args: argparse.Namespace) -> None:
                               (pixel_test[0].flatten(1), pixel_test[1]))
     pixels = {"knn": pixel_knn["top1"], "logreg": pixel_logistic_regression(pixel_train, pixel_test)["top1"]}
     figures["t-SNE of test embeddings"] = plots.tsne_plot(test[0], test[1], session.class_names, out / "tsne.png")
+    for logged in sorted((session.run_dir / "images").glob("*.png")):  # the method's pictures (MAE: reconstructions)
+        figures[f"{logged.stem} at the last checkpoint (one row per image kind)"] = Path(
+            shutil.copyfile(logged, out / f"pretraining_{logged.name}"))
     study = read_json(out / "label_efficiency.json")
     if study is not None:
         figures["label efficiency"] = out / "label_efficiency.png"

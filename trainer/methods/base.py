@@ -21,7 +21,10 @@ and, with defaults here (so a method writes only what it uses):
   before_step(step, total_steps) -> dict       before the step's forward: schedules (temperatures, momenta)
   before_optimizer_step(step)                  after backward, before optimizer.step (DINO's freeze)
   after_step(step, total_steps) -> dict        after optimizer step `step` (1-based): the EMA update
-The loop calls before_step/after_step, the engine before_optimizer_step; the dicts are logged scalars.
+  images(batch) -> dict[str, list[Tensor]]     pictures of what the method does, normalized like the views
+                                               (MAE: original, masked, reconstructed); logged at each save
+The loop calls before_step/after_step, the engine before_optimizer_step and images; the dicts of the
+hooks are logged scalars.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ class Method(nn.Module):
         pass
 
     def after_step(self, step: int, total_steps: int) -> dict[str, float]:
+        return {}
+
+    def images(self, batch: Batch) -> dict[str, list[torch.Tensor]]:
         return {}
 
 
