@@ -52,6 +52,18 @@ def device_label(device: torch.device) -> str:
     return f"cpu-{len(os.sched_getaffinity(0))}core"
 
 
+def machine() -> dict:
+    """The CPU model (/proc/cpuinfo), the cores this process may use, and the 1-minute load average now."""
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 "unknown")
+    return {"cpu_model": model, "cores": len(os.sched_getaffinity(0)), "loadavg_1m": loadavg()}
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import add_common_args, print_table, setup, write_results
+from benchmarks.common import add_common_args, machine, print_table, setup, write_results
 from data_prep.manifest import load_manifest
 from trainer.dist import DistContext
 from trainer.eval.cli import write_json
@@ -223,14 +223,22 @@ def main(argv: list[str] | None = None) -> None:
             result = {"cell": cell, "method": method, "seed": seed, "budget_minutes": args.budget_minutes, **run,
                       **evaluate(run_dir, data, args, device, seed)}
         result["cell_wall_s"] = round(time.perf_counter() - started, 1)
+        result["machine"] = machine()  # the load average as the cell ended: other jobs on the cores
         write_json(cells_dir / f"{cell}.json", result)
         print(f"{cell}: kNN {result['knn']:.4f}  linear {result['linear']:.4f}", flush=True)
-        rows = gather(cells_dir)
-        path = write_results("fashion_mnist", device, {"what": __doc__.split("\n")[0], "shards": str(args.shards),
-                                                       "threads": torch.get_num_threads()}, rows, args.out_dir)
-        chart(rows, path.with_suffix(".png"))
-    rows = gather(cells_dir)
+        write_study(cells_dir, args, device)
+    rows = write_study(cells_dir, args, device)
     print_table(rows, ["cell", "knn", "linear", "steps", "epochs", "pretrain_wall_s", "cell_wall_s"])
+
+
+def write_study(cells_dir: Path, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Every finished cell into results/fashion_mnist_<device>_<date>.json and its chart."""
+    rows = gather(cells_dir)
+    meta = {"what": __doc__.split("\n")[0], "shards": str(args.shards), "threads": torch.get_num_threads(),
+            "machine": machine()}
+    path = write_results("fashion_mnist", device, meta, rows, args.out_dir)
+    chart(rows, path.with_suffix(".png"))
+    return rows
 
 
 if __name__ == "__main__":

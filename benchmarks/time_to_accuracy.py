@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import add_common_args, print_table, setup, write_results
+from benchmarks.common import add_common_args, loadavg, machine, print_table, setup, write_results
 from data_prep.manifest import load_manifest
 from trainer.config import Config
 from trainer.dist import DistContext
@@ -157,17 +157,6 @@ class Scorer:
         predicted = knn_predict(bank, self.train[1], test, self.num_classes, self.cfg.eval.knn_k,
                                 self.cfg.eval.knn_temperature)
         return (predicted == self.test[1]).float().mean().item()
-
-
-def machine() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-                 "unknown")
-    return {"cpu_model": model, "cores": len(os.sched_getaffinity(0))}
-
-
-def loadavg() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def run(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], dict, dict]:
