@@ -8,8 +8,8 @@ set so the run fits the budget (seconds per step measured first by a short calib
 config on the same machine; the schedule then ends where the budget does, instead of being cut off),
 then scored by trainer.eval: weighted kNN and the linear probe on all train labels, and at each label
 fraction the SSL linear probe, SSL fine-tune and the same network from scratch. Fine-tune and scratch
-get the same budget in epochs over their labels and the same early stopping (validated once per epoch
-over the labels on a held-out 10% of the train split). The `pixels` cell is the raw-pixel reference:
+get the same budget in epochs over their labels (`--finetune-epochs`, FitConfig.epochs) and the same
+early stopping (validated at most once an epoch on a held-out 10% of the train split). The `pixels` cell is the raw-pixel reference:
 the same kNN and scikit-learn's logistic regression on the eval-view pixels.
 
 Each cell writes <work-dir>/cells/<cell>.json when it finishes, and a rerun skips cells whose file
@@ -43,12 +43,10 @@ from trainer.eval.knn import knn_predict
 from trainer.eval.label_efficiency import LabeledSplit, StudyConfig, run_study
 from trainer.eval.linear import linear_probe, pixel_logistic_regression
 from trainer.eval.plots import read_metrics
-from trainer.eval.subsets import balanced_subset, holdout_split
 from trainer.registry import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-FINETUNE_BATCH = 32  # StudyConfig's fine-tune batch
 
 
 def config_path(method: str) -> Path:
@@ -133,17 +131,13 @@ def evaluate(run_dir: Path, data: Data, args: argparse.Namespace, device: torch.
     result["linear"] = linear["top1"]
     train = LabeledSplit(train_f, data.train[0], train_y)
     test = LabeledSplit(test_f, data.test[0], test_y)
-    rest, _ = holdout_split(train_y, StudyConfig().holdout, seed)
     result["label_efficiency"] = []
     for fraction in args.fractions:
-        labels = len(balanced_subset(train_y[rest], fraction, seed))
-        per_epoch = math.ceil(labels / FINETUNE_BATCH)
         study = StudyConfig(fractions=[fraction], seed=seed)
-        study.finetune = replace(study.finetune, max_steps=args.finetune_epochs * per_epoch, eval_every=per_epoch)
-        study.probe = replace(study.probe, max_steps=args.finetune_epochs * math.ceil(labels / study.probe.batch_size),
-                              eval_every=math.ceil(labels / study.probe.batch_size))
-        row = run_study(encoder.backbone, encoder.feature_dim, lambda s: fresh_backbone(cfg.model, cfg.data.image_size, s)[0], train,
-                        test, n, study, device)["rows"][0]
+        study.finetune = replace(study.finetune, epochs=args.finetune_epochs)
+        row = run_study(encoder.backbone, encoder.feature_dim,
+                        lambda s: fresh_backbone(cfg.model, cfg.data.image_size, s)[0], train, test, n, study,
+                        device)["rows"][0]
         keys = ("ssl_linear", "ssl_finetune", "scratch")
         result["label_efficiency"].append({k: row[k] for k in ("fraction", "labeled_samples", *keys)}
                                           | {"steps": {k: row["details"][k]["steps"] for k in keys},
@@ -192,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="runs, logs and the finished cells (cells/<cell>.json)")
     p.add_argument("--fractions", default="0.01,0.1", help="label fractions of the label-efficiency rows")
     p.add_argument("--finetune-epochs", type=int, default=10,
-                   help="fine-tune / scratch / SSL probe: most passes over the labels (early stopping may end sooner)")
+                   help="fine-tune and scratch: most passes over the labels (early stopping may end sooner)")
     p.add_argument("--probe-epochs", type=int, default=30, help="all-labels linear probe: passes over the features")
     p.add_argument("--calibration-steps", type=int, default=15, help="steps timed before a cell to size its run")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every method's config")
