@@ -11,6 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 from trainer.config import Config
 from trainer.dist import DistContext
 from trainer.engine.amp import autocast, restore_unless, step_if
+from trainer.engine.grad_cache import MethodEntry, gradient_cache_step
 from trainer.engine.plan import Plan
 from trainer.engine.sync_bn import convert_sync_batchnorm
 from trainer.optim import build_optimizer, set_hyperparameters
@@ -29,19 +30,48 @@ class DDPEngine:
         self.module = method
         self.optimizer = build_optimizer(cfg.optim, method.parameter_groups(), plan.lr)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        model = method
+        model = MethodEntry(method)
         if ctx.distributed:
-            model = DistributedDataParallel(method, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+            model = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
         self.model = torch.compile(model) if cfg.engine.compile else model
         self.ddp = model if ctx.distributed else None
         # fp16 needs loss scaling; bf16 has fp32's exponent range and does not
         self.scaler = torch.amp.GradScaler(ctx.device.type) if plan.precision == "fp16" else None
 
-    def step(self, batches: list[Batch], lr: float, step: int) -> list[MethodOutput]:
-        """Optimizer step `step` (0-based) at lr `lr` (x each group's lr_scale): forward/backward on
-        each micro-batch (loss / len(batches)), the method's before_optimizer_step, one optimizer step.
+    def no_sync(self, i: int, count: int):
+        """Hold DDP's gradient all-reduce back for every micro-batch but the last of `count`."""
+        return self.ddp.no_sync() if self.ddp is not None and i < count - 1 else contextlib.nullcontext()
 
-        Gradients are all-reduced only during the last micro-batch's backward (`no_sync` before it).
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def forward_backward(self, batches: list[Batch]) -> list[MethodOutput]:
+        """Gradients of the step's global batch, one output per micro-batch. With several
+        micro-batches, a loss that couples samples goes through the gradient cache (grad_cache.py:
+        exact, every negative and every row of the global batch); per-sample losses accumulate
+        loss / len(batches) per micro-batch. Either way the all-reduce runs in the last backward only."""
+        if self.module.couples_samples and len(batches) > 1:
+            def embed(batch):
+                with autocast(self.precision, self.ctx.device):
+                    return self.model(batch, embed_only=True)
+
+            return gradient_cache_step(
+                self.module, batches, embed=embed, backward=lambda i, surrogate: self.backward(surrogate),
+                no_sync=lambda i: self.no_sync(i, len(batches)),
+                autocast=lambda: autocast(self.precision, self.ctx.device), device=self.ctx.device)
+        outputs = []
+        for i, batch in enumerate(batches):
+            with self.no_sync(i, len(batches)):
+                with autocast(self.precision, self.ctx.device):
+                    out = self.model(batch)
+                self.backward(out.loss / len(batches))
+            outputs.append(out)
+        return outputs
+
+    def step(self, batches: list[Batch], lr: float, step: int) -> list[MethodOutput]:
+        """Optimizer step `step` (0-based) at lr `lr` (x each group's lr_scale): `forward_backward`,
+        the method's before_optimizer_step, one optimizer step.
+
         With grad clipping or the `skip` policy, the global grad norm is appended to the last
         output's metrics as `grad_norm`. A step the `skip` policy skips changes nothing: the module's
         buffers (BatchNorm running stats, which a non-finite forward poisons) are restored too.
@@ -49,15 +79,7 @@ class DDPEngine:
         set_hyperparameters(self.optimizer, lr, step, self.total_steps)
         buffers = list(self.module.buffers()) if self.skip_nonfinite else []
         before = [b.clone() for b in buffers]
-        outputs = []
-        for i, batch in enumerate(batches):
-            final = i == len(batches) - 1
-            with self.ddp.no_sync() if self.ddp is not None and not final else contextlib.nullcontext():
-                with autocast(self.precision, self.ctx.device):
-                    out = self.model(batch)
-                loss = out.loss / len(batches)
-                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-            outputs.append(out)
+        outputs = self.forward_backward(batches)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         self.module.before_optimizer_step(step)

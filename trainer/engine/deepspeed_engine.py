@@ -6,6 +6,7 @@ Checkpoints use DeepSpeed's collective save/load (each rank writes its optimizer
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -13,7 +14,8 @@ from torch import nn
 
 from trainer.config import Config
 from trainer.dist import DistContext, ensure_process_group
-from trainer.engine.amp import autocast, restore_unless
+from trainer.engine.amp import autocast, keep_ema_float32, restore_unless
+from trainer.engine.grad_cache import MethodEntry, gradient_cache_step
 from trainer.engine.plan import Plan
 from trainer.engine.sync_bn import convert_sync_batchnorm
 from trainer.optim import build_optimizer, set_hyperparameters
@@ -39,8 +41,9 @@ class DeepSpeedEngine:
         if cfg.engine.channels_last and ctx.device.type == "cuda":
             self.module = self.module.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(cfg.optim, method.parameter_groups(), plan.lr)
-        self.ds, _, _, _ = deepspeed.initialize(model=self.module, optimizer=self.optimizer,
+        self.ds, _, _, _ = deepspeed.initialize(model=MethodEntry(self.module), optimizer=self.optimizer,
                                                 config=plan.deepspeed, dist_init_required=False)
+        keep_ema_float32(self.module)  # fp16 casts the whole module to half, EMA copies included
         if cfg.engine.compile:
             self.ds.compile()
 
@@ -48,7 +51,8 @@ class DeepSpeedEngine:
         """Optimizer step `step` (0-based) at lr `lr` (x each group's lr_scale): DeepSpeed's
         forward/backward/step per micro-batch; it reduces gradients and steps the optimizer (with
         clipping) on the last micro-batch of `gradient_accumulation_steps`, after the method's
-        before_optimizer_step.
+        before_optimizer_step. A loss that couples samples goes through the gradient cache
+        (grad_cache.py) when there are several micro-batches, as under DDP.
 
         Under the `skip` policy (fp16, see plan.py) DeepSpeed skips a step whose gradients overflow;
         the module's buffers (BatchNorm running stats) are restored where a loss was not finite."""
@@ -56,17 +60,34 @@ class DeepSpeedEngine:
         set_hyperparameters(self.optimizer, lr, step, self.total_steps)
         buffers = list(self.module.buffers()) if self.skip_nonfinite else []
         before = [b.clone() for b in buffers]
-        outputs = []
-        for i, batch in enumerate(batches):
-            if self.precision == "fp16":  # DeepSpeed's fp16 keeps the module in half precision
-                batch = Batch([v.half() for v in batch.views], batch.labels)
-            with autocast("bf16" if self.precision == "bf16" else "fp32", self.ctx.device):
-                out = self.ds(batch)
-            self.ds.backward(out.loss)
+        if self.precision == "fp16":  # DeepSpeed's fp16 keeps the module (not the EMA) in half precision
+            batches = [Batch([v.half() for v in b.views], b.labels) for b in batches]
+
+        def backward(i: int, loss: torch.Tensor, scale_wrt_gas: bool = True) -> None:
+            self.ds.backward(loss, scale_wrt_gas=scale_wrt_gas)
             if i == len(batches) - 1:
                 self.module.before_optimizer_step(step)
             self.ds.step()
-            outputs.append(out)
+
+        # autocast under fp16 too: it runs the float32 EMA on half inputs
+        if self.module.couples_samples and len(batches) > 1:
+            def embed(batch):
+                with autocast(self.precision, self.ctx.device):
+                    return self.ds(batch, embed_only=True)
+
+            # the cached gradients are already those of the whole batch: no 1 / accumulation
+            outputs = gradient_cache_step(
+                self.module, batches, embed=embed,
+                backward=lambda i, surrogate: backward(i, surrogate, scale_wrt_gas=False),
+                no_sync=lambda i: contextlib.nullcontext(), autocast=lambda: autocast(self.precision, self.ctx.device),
+                device=self.ctx.device)
+        else:
+            outputs = []
+            for i, batch in enumerate(batches):
+                with autocast(self.precision, self.ctx.device):
+                    out = self.ds(batch)
+                backward(i, out.loss)
+                outputs.append(out)
         if self.skip_nonfinite:
             restore_unless(torch.isfinite(torch.stack([o.loss.detach().float() for o in outputs])).all(),
                            buffers, before)
