@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch import nn
+
+from trainer.models.ema import EMA
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -14,6 +17,15 @@ def autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def keep_ema_float32(module: nn.Module) -> None:
+    """Every `EMA` submodule (BYOL's target, a momentum encoder, a teacher) back in float32 after an
+    engine cast the whole module (DeepSpeed's fp16): its (1 - m) increments would round away in half
+    precision (trainer/models/ema.py). It still computes in half under autocast."""
+    for m in module.modules():
+        if isinstance(m, EMA):
+            m.float()
 
 
 @torch.no_grad()
