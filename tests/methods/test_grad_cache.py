@@ -46,7 +46,7 @@ def engine_for(method, world_size, accumulation, ctx):
     cfg = Config(optim=OptimConfig(name="sgd", base_lr=0.1), engine=EngineConfig(name="ddp"),
                  train=TrainConfig(global_batch_size=GLOBAL_BATCH,
                                    per_device_batch_size=GLOBAL_BATCH // (world_size * accumulation)))
-    plan = make_plan(cfg, world_size, torch.device("cpu"), loader_steps_per_epoch=100)
+    plan = make_plan(cfg, world_size, torch.device("cpu"), num_samples=100 * GLOBAL_BATCH)
     assert plan.accumulation_steps == accumulation
     return build_engine(cfg, plan, method, ctx)
 

@@ -5,8 +5,10 @@
                                                     # before_optimizer_step, one optimizer step
     engine.module                                   # the unwrapped method (hooks, eval, checkpoints)
 
-An engine owns AMP, gradient accumulation (no gradient all-reduce on non-final micro-batches),
-clipping, the optimizer and the non-finite `skip` policy. It never knows which method it trains.
+An engine owns AMP, gradient accumulation (no gradient all-reduce on non-final micro-batches; exact
+for losses that couple samples under DDP and DeepSpeed, by the gradient cache of grad_cache.py),
+SyncBN (sync_bn.py), float32 EMA copies, clipping, the optimizer and the non-finite `skip` policy.
+It never knows which method it trains, only whether its loss `couples_samples`.
 Checkpoint hooks: `state_dict()` / `load_state_dict()` for what rank 0 writes into the checkpoint,
 `save_shards(dir)` / `load_shards(dir)` for what every rank writes together (DeepSpeed's ZeRO partitions,
 FSDP2's torch.distributed.checkpoint), `model_state_dict()` (collective: the full weights on rank 0, for
