@@ -27,10 +27,10 @@ from benchmarks.common import (
     time_ms,
     write_results,
 )
-from trainer.config import load_config
 from trainer.dist import DistContext
 from trainer.engine import build_engine, make_plan
 from trainer.methods import METHODS
+from trainer.registry import load_config
 from trainer.types import Batch
 
 
@@ -41,7 +41,7 @@ def engine_step(args, device: torch.device, per_device: int, exact: bool):
         f"data.image_size={args.image_size}", f"train.global_batch_size={args.batch_size}",
         f"train.per_device_batch_size={per_device}", "engine.precision=fp32", "aug.local_crops=0"])
     plan = make_plan(cfg, 1, device, num_samples=1000 * args.batch_size)
-    method = METHODS["simclr"](cfg.method, cfg.model)
+    method = METHODS["simclr"](cfg.method, cfg.model, cfg.data.image_size)
     if not exact:  # plain accumulation: each micro-batch its own loss, whatever the method couples
         method.couples_samples = False
     engine = build_engine(cfg, plan, method, DistContext(device=device))
