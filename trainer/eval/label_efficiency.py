@@ -32,7 +32,7 @@ METHODS = {"ssl_linear": "SSL linear probe", "ssl_finetune": "SSL fine-tune", "s
 
 @dataclass
 class StudyConfig:
-    """Defaults sized for the digits demo (about 2 minutes on 2 CPU cores). Fine-tune and scratch run
+    """Defaults sized for the digits demo (372 s of CPU time on one thread, README). Fine-tune and scratch run
     `finetune.epochs` passes over their subset at most; early stopping usually ends them sooner."""
 
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
