@@ -89,6 +89,15 @@ def _fused_ce_triton():
     return fused_ce_triton
 
 
+def fused_ce(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, self_idx: torch.Tensor,
+             inv_temp: float) -> torch.Tensor:
+    """fused_ce_torch's contract, on the Triton kernel where it applies (CUDA, fp32/bf16/fp16 rows of
+    width <= 256), in PyTorch otherwise."""
+    fits_kernel = q.is_cuda and q.dtype != torch.float64 and q.shape[1] <= 256
+    kernel = (_fused_ce_triton() if fits_kernel else None) or fused_ce_torch
+    return kernel(q, k, pos, self_idx, inv_temp)
+
+
 @full_precision
 def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.Tensor:
     """NT-Xent for two views z_a, z_b [n, d] of this rank's n images -> scalar.
@@ -105,7 +114,4 @@ def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> to
     local = torch.arange(2 * n, device=q.device)
     self_idx = local + 2 * n * rank()
     pos = self_idx + torch.where(local < n, n, -n)
-    # the Triton kernel takes fp32/bf16/fp16 rows of width <= 256; anything else stays in PyTorch
-    fits_kernel = q.is_cuda and q.dtype != torch.float64 and q.shape[1] <= 256
-    fused_ce = (_fused_ce_triton() if fits_kernel else None) or fused_ce_torch
     return fused_ce(q, k, pos, self_idx, 1.0 / temperature).mean()

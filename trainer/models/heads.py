@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
+RELU = functools.partial(nn.ReLU, inplace=True)
+
 
 def mlp(
-    dims: Sequence[int], *, bn: bool = True, last_bn: bool = False, last_bias: bool = True
+    dims: Sequence[int], *, bn: bool = True, last_bn: bool = False, last_bias: bool = True,
+    activation: Callable[[], nn.Module] = RELU,
 ) -> nn.Sequential:
     """dims [d0, d1, ..., dk] -> Linear(d0, d1)-BN-ReLU- ... -Linear(d_{k-1}, dk) [-BN].
 
-    Hidden layers are Linear, BatchNorm1d (if `bn`), ReLU; the last layer is a plain Linear
+    Hidden layers are Linear, BatchNorm1d (if `bn`), `activation()` (ReLU; DINO's head: GELU, no BN);
+    the last layer is a plain Linear
     (optionally without bias, as VICReg's expander; optionally followed by BatchNorm1d).
     SimCLR projector: [D, D, 128]; BYOL projector and predictor: [D, 4096, 256], [256, 4096, 256];
     VICReg expander: [D, 8192, 8192, 8192].
@@ -25,7 +30,7 @@ def mlp(
         layers.append(nn.Linear(d_in, d_out))
         if bn:
             layers.append(nn.BatchNorm1d(d_out))
-        layers.append(nn.ReLU(inplace=True))
+        layers.append(activation())
     layers.append(nn.Linear(dims[-2], dims[-1], bias=last_bias))
     if last_bn:
         layers.append(nn.BatchNorm1d(dims[-1]))
