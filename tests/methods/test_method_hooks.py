@@ -17,6 +17,7 @@ class FreezingMethod(Method):
     """Drops the head's gradient in before_optimizer_step while step < 2 (DINO's last-layer freeze)."""
 
     couples_samples = False
+    edits_gradients = True
 
     def __init__(self):
         super().__init__()

@@ -84,3 +84,13 @@ def test_dino_freezes_its_last_layer_in_the_engine_and_schedules_weight_decay():
         wd = 0.4 + (0.04 - 0.4) * 0.5 * (1 + math.cos(math.pi * step / plan.total_steps))
         assert by_name["head"]["weight_decay"] == pytest.approx(wd)
         assert by_name["head.no_decay"]["weight_decay"] == 0.0
+
+
+def test_deepspeed_zero_1_refuses_dino_naming_the_combination():
+    """ZeRO 1-2 move gradients into partitions during backward: a freeze that drops .grad would be lost."""
+    method, _ = tiny_method("dino")
+    cfg = Config(optim=OptimConfig(name="sgd"), engine=EngineConfig(name="deepspeed", zero_stage=1),
+                 train=TrainConfig(global_batch_size=8))
+    plan = make_plan(cfg, 1, torch.device("cpu"), num_samples=80)
+    with pytest.raises(ValueError, match=r"engine.zero_stage = 1 cannot train DINO.*before_optimizer_step"):
+        build_engine(cfg, plan, method, DistContext())

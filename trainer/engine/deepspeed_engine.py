@@ -26,6 +26,10 @@ TAG = "deepspeed"
 
 class DeepSpeedEngine:
     def __init__(self, cfg: Config, plan: Plan, method: nn.Module, ctx: DistContext):
+        if method.edits_gradients and cfg.engine.zero_stage > 0:
+            raise ValueError(f"engine.zero_stage = {cfg.engine.zero_stage} cannot train {type(method).__name__}: it "
+                             "edits gradients before the optimizer step (before_optimizer_step), which ZeRO 1-2 "
+                             "keep partitioned outside .grad; use engine.zero_stage = 0 or engine.name = ddp")
         import deepspeed
 
         if ctx.device.type == "cpu":

@@ -19,7 +19,8 @@ and, with defaults here (so a method writes only what it uses):
                                                {"name", "params": [(name, tensor)]}; a group may carry
                                                its own hyperparameters (trainer/optim/groups.py)
   before_step(step, total_steps) -> dict       before the step's forward: schedules (temperatures, momenta)
-  before_optimizer_step(step)                  after backward, before optimizer.step (DINO's freeze)
+  before_optimizer_step(step)                  after backward, before optimizer.step (DINO's freeze);
+                                               a method whose hook edits .grad sets `edits_gradients`
   after_step(step, total_steps) -> dict        after optimizer step `step` (1-based): the EMA update
   images(batch) -> dict[str, list[Tensor]]     pictures of what the method does, normalized like the views
                                                (MAE: original, masked, reconstructed); logged at each save
@@ -38,6 +39,7 @@ from trainer.types import Batch, MethodOutput
 
 class Method(nn.Module):
     couples_samples: bool
+    edits_gradients = False  # True where before_optimizer_step changes .grad (engines that cannot serve it refuse)
 
     def embed(self, batch: Batch) -> list[torch.Tensor]:
         raise NotImplementedError

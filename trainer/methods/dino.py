@@ -77,6 +77,7 @@ class DINO(Method):
 
     Config = DINOConfig
     couples_samples = True  # the center is a statistic of the global batch
+    edits_gradients = True  # the last-layer freeze drops its .grad
 
     @classmethod
     def views(cls, cfg: DINOConfig, data: DataConfig, aug: AugConfig) -> list[ViewSpec]:
