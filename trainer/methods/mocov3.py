@@ -35,8 +35,9 @@ class MoCoV3(Method):
     """Keys come from the momentum encoder on the two global views. Loss: for each global view g, the mean
     over every other view a of moco_v3_loss(query of a, key of g), summed over the two g; with two views
     that is the paper's ctr(q1, k2) + ctr(q2, k1). The projector and predictor end in BatchNorm without
-    affine and a plain Linear, as the authors' (`_build_mlp`, last_bn). Embeddings: [features of view 0,
-    q of each view, k of each global view]."""
+    affine and a plain Linear, as the authors' (`_build_mlp`, last_bn); the projector has 2 layers for
+    every backbone (the authors use 3 for ViTs) and the ViT recipe's frozen random patch projection is
+    not applied. Embeddings: [features of view 0, q of each view, k of each global view]."""
 
     Config = MoCoV3Config
     couples_samples = True  # each query's softmax runs over the keys of the global batch

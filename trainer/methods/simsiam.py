@@ -31,6 +31,7 @@ class SimSiam(Method):
     """Backbone -> projector [D, h, h, out] + BatchNorm (no affine: the authors' `fc[6].bias` hack) ->
     predictor [out, pred_hidden, out]. Loss: for each view pair (a, b) of `view_pairs`,
     (D(p_a, z_b) + D(p_b, z_a)) / 2, averaged over the pairs; D = negative_cosine (stop-gradient on z).
+    The predictor follows the lr schedule like the rest (the authors' --fix-pred-lr is not offered).
     Embeddings: [features of view 0, z of each view, p of each view]."""
 
     Config = SimSiamConfig
