@@ -7,13 +7,15 @@ For each backbone@size, precision and method, on one device with a per-device ba
   ours+data  the same step fed by trainer.data.build_loader from --shards (DALI or torch backend):
              the full step, loader included; also reports the fraction of time spent waiting for data
   lightly    the same backbone with lightly's heads, loss and LARS, written as lightly's examples do
-             (one backbone call per view); SimCLR, BYOL, VICReg (lightly has no RotNet)
+             (one backbone call per view); SimCLR, BYOL, VICReg on torchvision backbones (the newer
+             methods and timm backbones are not wired up here)
   ceiling    the bare backbone forward + backward on the same images (all views), no heads, no
              loss, no optimizer: the most any step on this backbone can reach
 images/s counts source images (B per step), whatever the number of views.
 
     python -m benchmarks.step --methods simclr --precision fp32,bf16 --compile off,on
     python -m benchmarks.step --models resnet18@32 --batch-size 8 --steps 2 --warmup 1 --out-dir /tmp/bench
+    python -m benchmarks.step --models timm:vit_tiny_patch16_224@32 --methods dino,mocov3   # patch 4 px
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from trainer.registry import load_config
 from trainer.types import Batch
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+PATCH_SIZE = 4
 
 
 def autocast(device: torch.device, precision: str):
@@ -68,15 +71,20 @@ def synthetic_views(view_sizes: list[int], batch: int, device: torch.device, cha
     ]
 
 
+def model_overrides(backbone: str, size: int) -> list[str]:
+    """The backbone at `size` px; a timm model gets PATCH_SIZE px patches (ViT-Tiny at 32 px: 8 x 8)."""
+    patch = [f"model.patch_size={PATCH_SIZE}"] if backbone.startswith("timm:") else []
+    return [f"model.backbone={backbone}", f"data.image_size={size}", *patch]
+
+
 def our_setup(name: str, backbone: str, size: int, batch: int, run: dict, device: torch.device):
-    """Our method inside our engine (DDP engine, one process: AMP, LARS, compile, channels_last as
-    configured): (step(batch), view sizes, config)."""
+    """Our method inside our engine (DDP engine, one process: AMP, the method's optimizer, compile,
+    channels_last as configured): (step(batch), view sizes, config)."""
     cfg = load_config(
         None,
         [
             f"method.name={name}",
-            f"model.backbone={backbone}",
-            f"data.image_size={size}",
+            *model_overrides(backbone, size),
             f"train.global_batch_size={batch}",
             f"engine.precision={run['precision']}",
             f"engine.channels_last={run['channels_last']}",
@@ -97,7 +105,7 @@ def our_setup(name: str, backbone: str, size: int, batch: int, run: dict, device
     return step, [s.size for s in specs], cfg
 
 
-def lightly_setup(name: str, backbone: str, batch: int, run: dict, device: torch.device):
+def lightly_setup(name: str, backbone: str, size: int, batch: int, run: dict, device: torch.device):
     """lightly's model + loss for `name` on our backbone, or a reason string when unavailable."""
     try:
         from lightly import loss as L
@@ -106,7 +114,9 @@ def lightly_setup(name: str, backbone: str, batch: int, run: dict, device: torch
         from lightly.utils.lars import LARS
     except ImportError:
         return "not installed"
-    cfg = load_config(None, [f"model.backbone={backbone}"])
+    if backbone.startswith("timm:"):
+        return "not compared on timm backbones"
+    cfg = load_config(None, model_overrides(backbone, size))
     net, dim = build_backbone(cfg.model, cfg.data.image_size)
     if name == "simclr":
         model = nn.ModuleDict({"backbone": net, "head": H.SimCLRProjectionHead(dim, dim, 128)})
@@ -159,8 +169,8 @@ def lightly_setup(name: str, backbone: str, batch: int, run: dict, device: torch
     return step
 
 
-def ceiling_setup(backbone: str, run: dict, device: torch.device):
-    cfg = load_config(None, [f"model.backbone={backbone}"])
+def ceiling_setup(backbone: str, size: int, run: dict, device: torch.device):
+    cfg = load_config(None, model_overrides(backbone, size))
     net = prepare(build_backbone(cfg.model, cfg.data.image_size)[0], device, run)
     forward = torch.compile(net) if run["compile"] else net
 
@@ -227,8 +237,8 @@ def bench_one(method: str, backbone: str, size: int, run: dict, args, device: to
     views = synthetic_views(sizes, args.batch_size, device, run["channels_last"] and device.type == "cuda")
     plans = [
         ("ours", our_step),
-        ("lightly", lightly_setup(method, backbone, args.batch_size, run, device)),
-        ("ceiling", ceiling_setup(backbone, run, device)),
+        ("lightly", lightly_setup(method, backbone, size, args.batch_size, run, device)),
+        ("ceiling", ceiling_setup(backbone, size, run, device)),
     ]
     for impl, step in plans:
         row = {"impl": impl, **base}
@@ -268,7 +278,7 @@ def add_ratios(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="resnet18@96,resnet50@224", help="backbone@pixels, comma-separated")
-    p.add_argument("--methods", default="simclr,byol,vicreg,rotnet")
+    p.add_argument("--methods", default=",".join(METHODS), help="registered method names, comma-separated")
     p.add_argument("--batch-size", type=int, default=256, help="images per device per step")
     p.add_argument("--precision", default="fp32,bf16", help="fp32 and/or bf16 (autocast)")
     p.add_argument("--channels-last", default="on", help="on, off or on,off")
