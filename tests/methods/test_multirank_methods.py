@@ -2,7 +2,7 @@
 the ranks' losses, every parameter gradient and every buffer the step updates (DINO's center) equal
 those of one process on the concatenated batch.
 
-BatchNorm is removed (batch statistics are per rank by design; SyncBatchNorm needs CUDA) and
+BatchNorm is removed (batch statistics are per rank unless engine.sync_bn: test_sync_bn.py) and
 everything runs in float64, so the comparison is exact to rounding. Each batch has a local crop,
 so the multi-crop pairs are covered too (RotNet has its four rotations instead).
 """
