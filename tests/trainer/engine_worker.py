@@ -23,7 +23,11 @@ from trainer.types import Batch
 
 SMALL = {"simclr": {"proj_hidden_dim": 16, "proj_output_dim": 8},
          "byol": {"proj_hidden_dim": 16, "proj_output_dim": 8, "pred_hidden_dim": 16},
-         "vicreg": {"proj_hidden_dim": 16, "proj_output_dim": 16}, "rotnet": {}}
+         "vicreg": {"proj_hidden_dim": 16, "proj_output_dim": 16}, "rotnet": {},
+         "barlow_twins": {"proj_hidden_dim": 16, "proj_output_dim": 16},
+         "simsiam": {"proj_hidden_dim": 16, "proj_output_dim": 16, "pred_hidden_dim": 8},
+         "mocov3": {"proj_hidden_dim": 16, "proj_output_dim": 8, "pred_hidden_dim": 16},
+         "dino": {"hidden_dim": 16, "bottleneck_dim": 8, "out_dim": 16}}
 ENGINES = [("ddp", 0), ("deepspeed", 0), ("deepspeed", 1), ("deepspeed", 2)]
 DEEPSPEED_METHODS = ("simclr", "byol")  # the DeepSpeed runs cost ~3 s each on 2 cores
 STEPS = 3
