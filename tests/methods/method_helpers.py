@@ -13,6 +13,7 @@ from trainer.types import Batch, ViewSpec
 
 VIT = "timm:vit_tiny_patch16_224"
 BACKBONES = ("resnet18", VIT)  # what the contract tests loop over
+VIT_ONLY = {"mae"}  # methods built on patches: they refuse a ResNet (tested in their own file)
 
 
 def tiny_method(name: str, *, image_size: int = 16, local_crops: int = 1, width: int = 8, head_dim: int = 32,

@@ -139,6 +139,9 @@ class TorchBackend:
             persistent_workers=workers > 0,  # no worker start-up (and re-import) every epoch
             prefetch_factor=4 if workers > 0 else None,
             worker_init_fn=ignore_preemption_signals,
+            # each new iterator draws a base seed: from the global generator it would shift the model's random
+            # stream (MAE's masks, dropout) by one draw on a mid-epoch resume, and the resume would not be exact
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def run(self, batches: list[np.ndarray], epoch: int, start_step: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
