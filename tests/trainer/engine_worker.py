@@ -53,7 +53,7 @@ def max_rank_difference(module: torch.nn.Module) -> float:
 def main(out_path: str) -> None:
     ctx = init_distributed()
     results = {}
-    for name in SMALL:  # the first four; every method's DDP gradients: tests/methods/test_multirank_methods.py
+    for name in SMALL:  # every method built on a ResNet (MAE needs a ViT: tests/faults/test_fault_world_size.py)
         cls = METHODS[name]
         for engine_name, stage in ENGINES:
             if engine_name == "deepspeed" and name not in DEEPSPEED_METHODS:
