@@ -178,7 +178,7 @@ def chart(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget-minutes", type=float, default=20.0, help="pretraining wall clock per cell")
-    p.add_argument("--methods", default="simclr,byol,vicreg,rotnet",
+    p.add_argument("--methods", default="simclr,byol,vicreg,rotnet,barlow_twins,simsiam,mocov3,dino",
                    help="comma-separated; each needs configs/fashion_mnist_<method>.yaml")
     p.add_argument("--seeds", default="0", help="comma-separated pretraining seeds (train.seed)")
     p.add_argument("--shards", type=Path, default=REPO / "shards" / "fashion-mnist")
