@@ -53,13 +53,13 @@ def max_rank_difference(module: torch.nn.Module) -> float:
 def main(out_path: str) -> None:
     ctx = init_distributed()
     results = {}
-    for name in SMALL:  # every method built on a ResNet (MAE needs a ViT: tests/faults/test_fault_world_size.py)
+    for name, heads in SMALL.items():  # every method built on a ResNet (MAE needs a ViT: test_fault_world_size.py)
         cls = METHODS[name]
         for engine_name, stage in ENGINES:
             if engine_name == "deepspeed" and name not in DEEPSPEED_METHODS:
                 continue
             cfg = Config(
-                method=cls.Config(**SMALL[name]),
+                method=cls.Config(**heads),
                 model=ModelConfig(width=8, small_stem=True),
                 data=DataConfig(image_size=16),
                 # LARS for DDP; SGD/AdamW for ZeRO, which partitions the tensors LARS needs whole

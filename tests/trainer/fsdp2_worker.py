@@ -2,7 +2,8 @@
 
 argv: out_dir, `train` or `load`, then checkpoint dirs written by other world sizes to load.
 train: for a method without a teacher (`plain`) and one with an EMA teacher (`ema`), each engine runs
-STEPS optimizer steps of 2 micro-batches (accumulation; clipping on) on the same global batches split
+STEPS optimizer steps of 2 micro-batches (accumulation through the gradient cache: the loss couples the
+samples; clipping on) on the same global batches split
 over the ranks; rank 0 writes the all-reduced loss per step, the full final weights (teacher included),
 the full optimizer state and the number of parameter elements rank 0 holds to out_dir/<variant>_<engine>.pt;
 the FSDP2 engine's checkpoint shards go to out_dir/<variant>_ckpt.
@@ -51,14 +52,17 @@ class TinyViTMethod(Method):
             self.teacher = copy.deepcopy(nn.ModuleDict({"backbone": self.backbone, "head": self.head}))
             self.teacher.requires_grad_(False)
 
-    def forward(self, batch: Batch) -> MethodOutput:
+    def embed(self, batch: Batch) -> list[torch.Tensor]:
         features = self.backbone(batch.views[0])
-        z = self.head(features)
         if self.teacher is None:
             target = self.head(self.backbone(batch.views[1]))
         else:
             with torch.no_grad():
                 target = self.teacher["head"](self.teacher["backbone"](batch.views[1]))
+        return [features, self.head(features), target]
+
+    def loss(self, embeddings: list[torch.Tensor], batch: Batch) -> MethodOutput:
+        features, z, target = embeddings
         loss = (all_gather_with_grad(z) - all_gather_with_grad(target).mean(0)).pow(2).sum(1).mean()
         return MethodOutput(loss, {}, features.detach())
 
@@ -102,7 +106,7 @@ def build(variant: str, engine_name: str, ctx):
 def full_state(engine) -> tuple[dict, dict]:
     """(full weights, full optimizer state keyed by parameter name) on rank 0."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return engine.model_state_dict(), get_optimizer_state_dict(engine.module, engine.optimizer, options=options)
+    return engine.model_state_dict(), get_optimizer_state_dict(engine.root, engine.optimizer, options=options)
 
 
 def local_numel(module: nn.Module) -> int:

@@ -18,6 +18,7 @@ layer's norm; ViT recipes use AdamW), fp16 (use bf16) and the `skip` non-finite 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ from torch.distributed.tensor import DTensor
 
 from trainer.config import Config
 from trainer.dist import DistContext, ensure_process_group
+from trainer.engine.grad_cache import MethodEntry, gradient_cache_step
 from trainer.engine.plan import Plan
 from trainer.optim import build_optimizer, set_hyperparameters
 from trainer.types import Batch, MethodOutput
@@ -62,13 +64,14 @@ def refuse_unsupported(cfg: Config, plan: Plan, method: nn.Module) -> None:
         raise ValueError("engine.compile = true with engine.name = fsdp2 is not supported yet: use ddp to compile")
 
 
-def shard(method: nn.Module, mesh, policy: MixedPrecisionPolicy) -> None:
-    """fully_shard every child of every `blocks` container (student and teacher), then the root."""
-    containers = [m.blocks for m in method.modules()
+def shard(entry: MethodEntry, mesh, policy: MixedPrecisionPolicy) -> None:
+    """fully_shard every child of every `blocks` container (student and teacher), then the root: the
+    method's entry, so that `embed` (the gradient cache's passes) runs through the root's forward too."""
+    containers = [m.blocks for m in entry.modules()
                   if isinstance(getattr(m, "blocks", None), (nn.Sequential, nn.ModuleList))]
     for block in [b for blocks in containers for b in blocks]:
         fully_shard(block, mesh=mesh, mp_policy=policy)
-    fully_shard(method, mesh=mesh, mp_policy=policy)
+    fully_shard(entry, mesh=mesh, mp_policy=policy)
 
 
 class FSDP2Engine:
@@ -79,25 +82,42 @@ class FSDP2Engine:
         mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
         policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
                   if plan.precision == "bf16" else MixedPrecisionPolicy())
-        method = method.to(ctx.device)
-        shard(method, mesh, policy)
-        self.module = method
+        self.module = method.to(ctx.device)
+        self.root = MethodEntry(self.module)
+        shard(self.root, mesh, policy)
         # built after sharding: the optimizer holds the DTensor shards, so its state is sharded too
         self.optimizer = build_optimizer(cfg.optim, method.parameter_groups(), plan.lr)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
 
+    @contextlib.contextmanager
+    def _sync_if_last(self, i: int, n: int):
+        """Gradients reduce-scattered only in the last micro-batch's backward."""
+        self.root.set_requires_gradient_sync(i == n - 1)
+        yield
+
+    def forward_backward(self, batches: list[Batch]) -> list[MethodOutput]:
+        """As the DDP engine's: the gradient cache for a loss that couples samples over several
+        micro-batches (exact), loss / len(batches) per micro-batch otherwise."""
+        if self.module.couples_samples and len(batches) > 1:
+            return gradient_cache_step(
+                self.module, batches, embed=lambda batch: self.root(batch, embed_only=True),
+                backward=lambda i, surrogate: surrogate.backward(),
+                no_sync=lambda i: self._sync_if_last(i, len(batches)),
+                autocast=contextlib.nullcontext, device=self.ctx.device)  # precision: the policy's
+        outputs = []
+        for i, batch in enumerate(batches):
+            with self._sync_if_last(i, len(batches)):
+                out = self.root(batch)
+                (out.loss / len(batches)).backward()
+            outputs.append(out)
+        return outputs
+
     def step(self, batches: list[Batch], lr: float, step: int) -> list[MethodOutput]:
-        """Optimizer step `step` at lr `lr` (x each group's lr_scale): forward/backward per micro-batch
-        (loss / len(batches)), gradients reduce-scattered only in the last one's backward, the method's
+        """Optimizer step `step` at lr `lr` (x each group's lr_scale): `forward_backward`, the method's
         before_optimizer_step, then one optimizer step on the local shards. With clipping, the global
         grad norm (over every rank's shards) is the last output's `grad_norm`."""
         set_hyperparameters(self.optimizer, lr, step, self.total_steps)
-        outputs = []
-        for i, batch in enumerate(batches):
-            self.module.set_requires_gradient_sync(i == len(batches) - 1)
-            out = self.module(batch)
-            (out.loss / len(batches)).backward()
-            outputs.append(out)
+        outputs = self.forward_backward(batches)
         self.module.before_optimizer_step(step)
         if self.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
@@ -110,15 +130,16 @@ class FSDP2Engine:
     def images(self, batch: Batch) -> dict[str, list[torch.Tensor]]:
         """Collective: the method's pictures of `batch`. The hook is no forward, so the root's parameters
         are gathered by hand (each block gathers its own in its forward)."""
-        self.module.unshard()
+        self.root.unshard()
         try:
             return self.module.images(batch)
         finally:
-            self.module.reshard()
+            self.root.reshard()
 
     def model_state_dict(self) -> dict:
         """Collective: the full (unsharded) weights on rank 0, in CPU memory; {} on the other ranks."""
-        return get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = get_model_state_dict(self.root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k.removeprefix("method."): v for k, v in state.items()}  # the method's keys, as DDP saves them
 
     def load_model_state_dict(self, state: dict) -> None:
         """Nothing: the sharded weights come back through load_shards, resharded to this world size."""
@@ -130,8 +151,8 @@ class FSDP2Engine:
         """Nothing: the optimizer comes back through load_shards."""
 
     def _sharded_state(self) -> dict:
-        return {"model": get_model_state_dict(self.module),
-                "optimizer": get_optimizer_state_dict(self.module, self.optimizer)}
+        return {"model": get_model_state_dict(self.root),
+                "optimizer": get_optimizer_state_dict(self.root, self.optimizer)}
 
     def save_shards(self, directory: Path) -> None:
         """Collective: every rank writes its shards of weights and optimizer state (torch.distributed.checkpoint)."""
@@ -144,5 +165,5 @@ class FSDP2Engine:
             raise FileNotFoundError(f"{path}: no FSDP2 checkpoint there (was this run trained with engine.name = fsdp2?)")
         state = self._sharded_state()
         dcp.load(state, checkpoint_id=str(path))
-        set_model_state_dict(self.module, state["model"])
-        set_optimizer_state_dict(self.module, self.optimizer, state["optimizer"])
+        set_model_state_dict(self.root, state["model"])
+        set_optimizer_state_dict(self.root, self.optimizer, state["optimizer"])
