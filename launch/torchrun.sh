@@ -3,6 +3,9 @@
 # `python -m trainer train`. Run it once per node.
 #
 #   launch/torchrun.sh --config configs/demo_digits_simclr.yaml [key=value ...]     # one node
+#   launch/torchrun.sh --config configs/demo_digits_mae.yaml engine.name=fsdp2        # sharded (ViTs)
+# DDP is the default; engine.name=fsdp2 shards a ViT that outgrows DDP (docs/launch.md, "DDP, DeepSpeed
+# or FSDP2", says when, from measurements).
 #   NNODES=2 RDZV_ENDPOINT=node0:29500 launch/torchrun.sh --config ...                # each of 2 nodes
 #
 # Environment (all optional):
