@@ -23,6 +23,7 @@ import random
 import shutil
 import signal
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +168,31 @@ def load_model_weights(run_dir: str | Path) -> tuple[Config, dict[str, torch.Ten
     return load_config(run_dir / "config.yaml"), found[1]["model"]
 
 
+def _intact(file: Path) -> bool:
+    """Whether `file` is a whole torch.save archive: a zip whose central directory (written last) reads.
+    Cheap (the end of the file), so rotation can check every checkpoint it keeps."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            return bool(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def rotate(run_dir: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` intact checkpoints, delete older intact ones; a damaged one is never
+    kept in a readable one's place nor deleted: it is moved aside to `unreadable-step_*`."""
+    kept = 0
+    for directory in checkpoints(run_dir):
+        if not _intact(directory / STATE):
+            aside = _free_name(directory.with_name(f"unreadable-{directory.name}"))
+            os.replace(directory, aside)
+            warnings.warn(f"{directory / STATE} is damaged: moved to {aside}, kept for inspection", stacklevel=2)
+        elif kept < keep_last:
+            kept += 1
+        else:
+            shutil.rmtree(directory)
+
+
 def _free_name(path: Path) -> Path:
     """`path`, or `path.1`, `path.2`, ...: the first that does not exist (a step broken a second time)."""
     candidate, n = path, 0
@@ -228,8 +254,7 @@ class Checkpointer:
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _fsync_tree(self.dir)
-            for old in checkpoints(self.dir.parent)[self.keep_last:]:
-                shutil.rmtree(old)
+            rotate(self.dir.parent, self.keep_last)
         _barrier()
         return final
 

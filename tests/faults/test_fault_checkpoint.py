@@ -209,3 +209,25 @@ def test_disk_full_while_checkpointing_reports_and_keeps_previous(reference, tmp
         if mounted:
             with contextlib.suppress(subprocess.SubprocessError):
                 subprocess.run(["umount", str(disk)], check=True, capture_output=True)
+
+
+def test_rotation_never_keeps_a_damaged_checkpoint_in_place_of_a_readable_one(tmp_path):
+    """keep_last=2 over step 30 (intact), step 20 (truncated: a disk that filled up, a copy cut short) and
+    step 10 (intact): the two readable ones stay, the damaged one is set aside, nothing readable is lost."""
+    import torch
+
+    from trainer.checkpoint import rotate
+
+    checkpoints = tmp_path / "checkpoints"
+    for step in (10, 20, 30):
+        (checkpoints / f"step_{step:08d}").mkdir(parents=True)
+        torch.save({"step": step}, checkpoints / f"step_{step:08d}" / "state.pt")
+    damaged = checkpoints / "step_00000020" / "state.pt"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="step_00000020/state.pt is damaged: moved to"):
+        rotate(tmp_path, keep_last=2)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_00000010", "step_00000030",
+                                                             "unreadable-step_00000020"]
+    rotate(tmp_path, keep_last=1)  # a later save: the oldest readable one goes, the damaged one stays aside
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_00000030", "unreadable-step_00000020"]
+    assert torch.load(checkpoints / "step_00000030" / "state.pt", weights_only=True) == {"step": 30}
