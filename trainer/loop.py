@@ -64,8 +64,8 @@ def train(cfg: Config) -> int:
     naming it and engine.dist_timeout_s, instead of a traceback per rank that names neither."""
     ctx = init_distributed(cfg.engine.dist_timeout_s)
     try:
-        with run_lock(Path(cfg.train.run_root) / cfg.train.name, ctx):
-            return run(cfg, ctx)
+        with contextlib.ExitStack() as lock:  # released when the job ends, however it ends
+            return run(cfg, ctx, lock)
     except RuntimeError as err:
         if not ctx.distributed or isinstance(err, NonFiniteLoss) or not from_collective(err):
             raise
@@ -76,7 +76,7 @@ def train(cfg: Config) -> int:
         shutdown()
 
 
-def run(cfg: Config, ctx: DistContext) -> int:
+def run(cfg: Config, ctx: DistContext, lock: contextlib.ExitStack) -> int:
     from trainer.data import build_loader, split_size
     from trainer.methods import METHODS
 
@@ -87,13 +87,15 @@ def run(cfg: Config, ctx: DistContext) -> int:
     accumulation, total = plan.accumulation_steps, plan.total_steps
     views = method_cls.views(cfg.method, cfg.data, cfg.aug)
     loader = build_loader(cfg.data, views, ctx, plan.per_device_batch_size, cfg.train.seed)
+    run_dir = Path(cfg.train.run_root) / cfg.train.name
+    # after every check of the data (a bad shard, index or label stops the run before its folder exists)
+    lock.enter_context(run_lock(run_dir, ctx))
 
     method = method_cls(cfg.method, cfg.model, cfg.data.image_size)
     engine = build_engine(cfg, plan, method, ctx)
     probe = None
     if cfg.train.online_probe and loader.samples.labeled:
         probe = OnlineProbe(method.feature_dim, len(loader.class_names), ctx)
-    run_dir = Path(cfg.train.run_root) / cfg.train.name
     data = {"dataset": loader.samples.manifest["dataset"], "num_samples": loader.num_samples,
             "view_sizes": [v.size for v in views]}
     checkpointer = Checkpointer(run_dir, cfg, ctx, data)
