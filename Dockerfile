@@ -38,7 +38,9 @@ RUN pip install \
     "tqdm==4.70.1" \
     "matplotlib==3.11.2" \
     "scikit-learn==1.9.1" \
-    "safetensors==0.8.0"
+    "safetensors==0.8.0" \
+    "timm==1.0.31" \
+    "huggingface-hub==2.4.0"
 
 WORKDIR /workspace/sslscale
 COPY --chown=sslscale:sslscale . .
