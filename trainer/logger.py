@@ -97,11 +97,13 @@ class Logger(NullLogger):
         from torchvision.utils import make_grid, save_image
 
         m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
-        rows = [(x[:8].detach().float().cpu() * s + m).clamp(0, 1) for x in views]
-        for v, images in enumerate(rows):
-            self.tb.add_image(f"{tag}/view{v}", make_grid(images, nrow=8), step)
+        grids = [make_grid((x[:8].detach().float().cpu() * s + m).clamp(0, 1), nrow=8) for x in views]
+        for v, grid in enumerate(grids):
+            self.tb.add_image(f"{tag}/view{v}", grid, step)
+        width = max(g.shape[2] for g in grids)  # multi-crop: local views are smaller, pad their rows
         (self.run_dir / "images").mkdir(exist_ok=True)
-        save_image(torch.cat(rows), self.run_dir / "images" / f"{tag}.png", nrow=len(rows[0]))
+        save_image(torch.cat([torch.nn.functional.pad(g, (0, width - g.shape[2])) for g in grids], dim=1),
+                   self.run_dir / "images" / f"{tag}.png")
 
     def progress(self, step: int, epoch: int, values: dict[str, float]) -> None:
         """Once per log window: the bar moves, or one plain line is printed."""

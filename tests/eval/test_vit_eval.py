@@ -36,7 +36,7 @@ def run_dir(tmp_path_factory):
 def test_pretraining_wrote_the_reconstructions(run_dir):
     with Image.open(run_dir / "images" / "reconstructions.png") as image:
         # rows: original, masked, reconstructed, 8 images of 16 px each (torchvision's 2 px padding)
-        assert image.size == (8 * 18 + 2, 3 * 18 + 2)
+        assert image.size == (8 * 18 + 2, 3 * 20)  # one grid per row, each padded by 2 px all round
 
 
 def test_linear_probe_and_finetune_of_a_vit(run_dir):
