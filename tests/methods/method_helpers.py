@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 
 import torch
 from torch import nn
@@ -51,3 +52,10 @@ def without_batchnorm(module: nn.Module) -> nn.Module:
         else:
             without_batchnorm(child)
     return module
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now, for a gloo rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -9,14 +9,13 @@ runs in float64, so only regrouped sums separate the two sides. Ranks are real p
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from method_helpers import random_batch, tiny_method, without_batchnorm
+from method_helpers import free_port, random_batch, tiny_method, without_batchnorm
 from tolerance import rounding_bound
 
 from trainer.config import Config, EngineConfig, OptimConfig, TrainConfig
@@ -82,11 +81,6 @@ def _rank_main(rank, world_size, accumulation, port, folder):
         torch.save(results, Path(folder) / "results.pt")
     dist.destroy_process_group()
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def reference():

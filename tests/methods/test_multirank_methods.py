@@ -8,14 +8,13 @@ so the multi-crop pairs are covered too (RotNet has its four rotations instead).
 """
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from method_helpers import VIT_ONLY, random_batch, tiny_method, without_batchnorm
+from method_helpers import VIT_ONLY, free_port, random_batch, tiny_method, without_batchnorm
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer.methods import METHODS
@@ -60,11 +59,6 @@ def _rank_main(rank, world_size, port, folder):
         torch.save(results, Path(folder) / "results.pt")
     dist.destroy_process_group()
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

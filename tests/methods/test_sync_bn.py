@@ -9,14 +9,13 @@ of the per-rank statistics separate the two sides.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from method_helpers import random_batch, tiny_method
+from method_helpers import free_port, random_batch, tiny_method
 from tolerance import rounding_bound
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -86,11 +85,6 @@ def deepspeed_running_means(rank, world_size):
     dist.all_gather(parts, flat)
     return torch.stack(parts)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_conversion_keeps_state_dtype_and_mode_and_is_plain_batchnorm_in_one_process():
