@@ -168,6 +168,15 @@ def load_model_weights(run_dir: str | Path) -> tuple[Config, dict[str, torch.Ten
     return load_config(run_dir / "config.yaml"), found[1]["model"]
 
 
+def load_probe_head(run_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The online linear probe's head (`weight` [C, D], `bias` [C]) of the latest valid checkpoint; {} when
+    the run trained none (train.online_probe off, or unlabelled data)."""
+    found = read_latest(Path(run_dir))
+    if found is None:
+        raise FileNotFoundError(f"{Path(run_dir) / 'checkpoints'}: no checkpoint")
+    return found[1]["probe"].get("head", {})
+
+
 def _intact(file: Path) -> bool:
     """Whether `file` is a whole torch.save archive: a zip whose central directory (written last) reads.
     Cheap (the end of the file), so rotation can check every checkpoint it keeps."""

@@ -1,6 +1,7 @@
 """Monitoring says the truth: the kNN logged during pretraining equals the offline `eval knn` of the final
-checkpoint, and the run's report puts the raw-pixel baseline (checked against a float64 kNN written
-out here) beside the encoder's scores."""
+checkpoint, the run's report puts the raw-pixel baseline (checked against a float64 kNN written out
+here) beside the encoder's scores, and it scores the online probe's final head on the test split
+(checked against the head applied in float64 here) beside the offline linear probe."""
 
 import json
 import os
@@ -11,9 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from trainer.checkpoint import read_latest
 from trainer.dist import DistContext
 from trainer.eval.cli import main as eval_main
+from trainer.eval.encoder import load_encoder
 from trainer.eval.features import split_images
 from trainer.eval.plots import read_metrics
 from trainer.registry import load_config
@@ -75,3 +79,22 @@ def test_report_shows_pixels_beside_the_encoder_and_the_monitoring_check(run_dir
     assert re.search(r"\| raw pixels: logistic regression \(scikit-learn\) \| [\d.]+% \|", report)
     assert "| kNN logged during pretraining (step" in report and "online linear probe" in report
     assert "Monitoring check: the kNN logged at the last step agrees with the offline kNN" in report
+
+
+def test_report_scores_the_online_probe_head_on_the_test_split(run_dir):
+    assert eval_main(["linear", "--run", str(run_dir), "--epochs", "5"]) == 0
+    assert eval_main(["report", "--run", str(run_dir)]) == 0
+    report = (run_dir / "eval" / "report.md").read_text()
+    head = read_latest(run_dir)[1]["probe"]["head"]
+    encoder = load_encoder(run_dir, torch.device("cpu"))
+    xt, yt = split_images(encoder.cfg.data, "test", DistContext(), 64)
+    with torch.no_grad():
+        features = encoder.backbone(xt).double().numpy()
+    logits = features @ head["weight"].double().numpy().T + head["bias"].double().numpy()
+    want = float((logits.argmax(1) == yt.numpy()).mean())
+    shown = re.search(r"\| online linear probe's final head on the test split \| ([\d.]+)% \|", report)
+    # fp32 features and logits against float64: a near-tie may flip, one test image each way, plus the
+    # report's rounding to 0.1 point
+    assert shown and float(shown.group(1)) == pytest.approx(100 * want, abs=0.05 + 100 / len(yt))
+    linear = json.loads((run_dir / "eval" / "linear.json").read_text())["top1"]
+    assert f"the offline linear probe on the final features {100 * linear:.1f}%" in report

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from data_prep.manifest import load_manifest
+from trainer.checkpoint import load_probe_head
 from trainer.config import DataConfig, EvalConfig
 from trainer.dist import DistContext, init_distributed, shutdown
 from trainer.eval import plots
@@ -222,6 +223,16 @@ def sample_images(session: Session, split: str, per_class: int, max_classes: int
     return torch.stack(images), torch.tensor(labels)
 
 
+def probe_test_accuracy(session: Session, test: tuple[torch.Tensor, torch.Tensor]) -> float | None:
+    """Top-1 of the online probe's final head on the test features; None without a probe, or on a class
+    subset (the head's classes are the dataset's)."""
+    head = load_probe_head(session.run_dir)
+    if not head or session.classes is not None:
+        return None
+    logits = test[0].float() @ head["weight"].T.float() + head["bias"].float()
+    return (logits.argmax(1) == test[1]).float().mean().item()
+
+
 def cmd_report(session: Session, args: argparse.Namespace) -> None:
     train, test = session.features(session.eval.train_split), session.features(session.eval.test_split)
     if not session.ctx.is_main:
@@ -251,7 +262,7 @@ def cmd_report(session: Session, args: argparse.Namespace) -> None:
         if not figures["label efficiency"].is_file():
             plots.label_efficiency_chart(study["rows"], METHODS, figures["label efficiency"])
     path = write_report(session.run_dir, out, replace(session.encoder.cfg, eval=session.eval), knn, pixels, online,
-                        figures, steps_trained)
+                        figures, steps_trained, probe_test_accuracy(session, test))
     print(f"report: {path}")
 
 

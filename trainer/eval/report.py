@@ -4,7 +4,8 @@ Reads what the eval commands wrote (knn.json, linear.json, label_efficiency.json
 log (metrics.jsonl); draws the sample grid, training curves, t-SNE and label-efficiency chart. Beside
 the encoder's scores stand the raw-pixel baseline (the same kNN, and logistic regression, on the eval
 view's pixels: what the encoder must beat) and what monitoring logged during pretraining, with the
-last logged kNN checked against the offline one when both scored the same weights.
+last logged kNN checked against the offline one when both scored the same weights, and the online
+probe's final head scored on the test split beside the offline linear probe.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ def online_metrics(records: list[dict]) -> dict:
     return out
 
 
-def accuracy_table(eval_dir: Path, knn: dict, pixels: dict, online: dict, steps_trained: int | None) -> list[str]:
-    """Markdown rows: the encoder's kNN and linear probe, raw pixels, and the metrics logged in training."""
+def accuracy_table(eval_dir: Path, knn: dict, pixels: dict, online: dict, steps_trained: int | None,
+                   probe_test: float | None = None) -> list[str]:
+    """Markdown rows: the encoder's kNN and linear probe, raw pixels, and the metrics logged in training;
+    `probe_test` is the online probe's final head scored on the test split's features (None: no probe)."""
     linear = read_json(eval_dir / "linear.json") or (read_json(eval_dir / "label_efficiency.json") or {}).get(
         "all_labels", {}).get("linear")
     rows = ["| evaluation (all train labels) | top-1 | top-5 |", "|---|---|---|",
@@ -52,6 +55,8 @@ def accuracy_table(eval_dir: Path, knn: dict, pixels: dict, online: dict, steps_
     if "probe/acc" in online:
         rows.append(f"| online linear probe, last log window (augmented train batches) | "
                     f"{_pct(online['probe/acc']['value'])} | |")
+    if probe_test is not None:
+        rows.append(f"| online linear probe's final head on the test split | {_pct(probe_test)} | |")
     lines = rows + [""]
     logged = online.get("knn/acc")
     if logged and logged["step"] == steps_trained:
@@ -62,6 +67,12 @@ def accuracy_table(eval_dir: Path, knn: dict, pixels: dict, online: dict, steps_
                      f"the offline kNN on the final checkpoint ({_pct(logged['value'])} vs {_pct(knn['top1'])}).")
     else:
         lines.append("Monitoring check: no kNN was logged at the last step (train.knn_every), nothing to compare.")
+    if probe_test is not None and linear:
+        # not the same procedure (the online head learns from augmented views of a moving encoder, at a
+        # fixed small lr): the gap says how far the logged probe under-reports what the features hold
+        lines.append(f"Monitoring check: the online probe's head scores {_pct(probe_test)} on the test split, the "
+                     f"offline linear probe on the final features {_pct(linear['top1'])} "
+                     f"({100 * (probe_test - linear['top1']):+.1f} points).")
     return lines
 
 
@@ -80,15 +91,16 @@ def study_section(study: dict | None) -> list[str]:
 
 
 def write_report(run_dir: Path, eval_dir: Path, cfg: Config, knn: dict, pixels: dict, online: dict,
-                 figures: dict[str, Path], steps_trained: int | None) -> Path:
+                 figures: dict[str, Path], steps_trained: int | None, probe_test: float | None = None) -> Path:
     """Write eval_dir/report.md from the results there; `pixels` = {"knn", "logreg"} top-1 on raw pixels,
-    `online` = online_metrics(...), `figures` maps a caption to a PNG inside eval_dir."""
+    `online` = online_metrics(...), `figures` maps a caption to a PNG inside eval_dir, `probe_test` the
+    online probe's head on the test split."""
     lines = [f"# {run_dir.name}: {cfg.method.name} on {Path(cfg.data.shards).name}", "",
              (f"Backbone {cfg.model.backbone} (width {cfg.model.width}, small stem {cfg.model.small_stem}), "
              f"{cfg.data.image_size} px, global batch {cfg.train.global_batch_size}, "
              f"{steps_trained if steps_trained is not None else 'unknown'} steps trained."), "",
              f"## Accuracy on the `{cfg.eval.test_split}` split ({knn['test_samples']} images)", "",
-             *accuracy_table(eval_dir, knn, pixels, online, steps_trained), "",
+             *accuracy_table(eval_dir, knn, pixels, online, steps_trained, probe_test), "",
              "## Label efficiency", "", *study_section(read_json(eval_dir / "label_efficiency.json")), "",
              "## Figures", ""]
     lines += [f"![{caption}]({path.name})\n" for caption, path in figures.items()]
