@@ -50,14 +50,15 @@ def worker(args: argparse.Namespace) -> None:
                              f"train.global_batch_size={args.batch_size}",
                              f"aug.local_crops={args.local_crops}", "model.small_stem=false"]
                 cfg = load_config(Path("configs/methods") / f"{method}.yaml", overrides)
-                plan = make_plan(cfg, ctx.world_size, ctx.device, 10**6)
+                plan = make_plan(cfg.train, cfg.optim, cfg.engine, ctx.world_size, ctx.device, 10**6)
                 views = REGISTRY[method].views(cfg.method, cfg.data, cfg.aug)
                 g = torch.Generator().manual_seed(ctx.global_rank)
                 batch = Batch([torch.randn(per_rank, 3, v.size, v.size, generator=g).to(ctx.device) for v in views])
                 torch.manual_seed(0)
                 with PeakMemory(ctx.device) as peak:
                     method_module = REGISTRY[method](cfg.method, cfg.model, cfg.data.image_size)
-                    engine = build_engine(cfg, plan, method_module, ctx)
+                    engine = build_engine(cfg.engine, cfg.optim, plan, method_module, ctx,
+                                          nonfinite=cfg.train.nonfinite)
                     times = []
                     for step in range(args.warmup + args.steps):
                         sync(ctx.device)

@@ -40,11 +40,12 @@ def engine_step(args, device: torch.device, per_device: int, exact: bool):
         "method.name=simclr", f"model.width={args.width}", "model.small_stem=true",
         f"data.image_size={args.image_size}", f"train.global_batch_size={args.batch_size}",
         f"train.per_device_batch_size={per_device}", "engine.precision=fp32", "aug.local_crops=0"])
-    plan = make_plan(cfg, 1, device, num_samples=1000 * args.batch_size)
+    plan = make_plan(cfg.train, cfg.optim, cfg.engine, 1, device, num_samples=1000 * args.batch_size)
     method = METHODS["simclr"](cfg.method, cfg.model, cfg.data.image_size)
     if not exact:  # plain accumulation: each micro-batch its own loss, whatever the method couples
         method.couples_samples = False
-    engine = build_engine(cfg, plan, method, DistContext(device=device))
+    engine = build_engine(cfg.engine, cfg.optim, plan, method, DistContext(device=device),
+                          nonfinite=cfg.train.nonfinite)
     gen = torch.Generator(device=device).manual_seed(0)
     views = [torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device, generator=gen)
              for _ in range(2)]

@@ -91,8 +91,9 @@ def our_setup(name: str, backbone: str, size: int, batch: int, run: dict, device
             f"engine.compile={run['compile']}",
         ],
     )
-    plan = make_plan(cfg, 1, device, num_samples=10**6 * batch)
-    engine = build_engine(cfg, plan, METHODS[name](cfg.method, cfg.model, cfg.data.image_size), DistContext(device=device))
+    plan = make_plan(cfg.train, cfg.optim, cfg.engine, 1, device, num_samples=10**6 * batch)
+    engine = build_engine(cfg.engine, cfg.optim, plan, METHODS[name](cfg.method, cfg.model, cfg.data.image_size),
+                          DistContext(device=device), nonfinite=cfg.train.nonfinite)
     specs = type(engine.module).views(cfg.method, cfg.data, cfg.aug)
     counter = {"step": 0}
 

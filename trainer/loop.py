@@ -83,7 +83,7 @@ def run(cfg: Config, ctx: DistContext, lock: contextlib.ExitStack) -> int:
     preemption = Preemption(ctx)  # first, so a signal during setup is not lost
     seed_everything(cfg.train.seed)
     method_cls = METHODS[cfg.method.name]
-    plan = make_plan(cfg, ctx.world_size, ctx.device, split_size(cfg.data))
+    plan = make_plan(cfg.train, cfg.optim, cfg.engine, ctx.world_size, ctx.device, split_size(cfg.data))
     accumulation, total = plan.accumulation_steps, plan.total_steps
     views = method_cls.views(cfg.method, cfg.data, cfg.aug)
     loader = build_loader(cfg.data, views, ctx, plan.per_device_batch_size, cfg.train.seed)
@@ -92,7 +92,7 @@ def run(cfg: Config, ctx: DistContext, lock: contextlib.ExitStack) -> int:
     lock.enter_context(run_lock(run_dir, ctx))
 
     method = method_cls(cfg.method, cfg.model, cfg.data.image_size)
-    engine = build_engine(cfg, plan, method, ctx)
+    engine = build_engine(cfg.engine, cfg.optim, plan, method, ctx, nonfinite=cfg.train.nonfinite)
     probe = None
     if cfg.train.online_probe and loader.samples.labeled:
         probe = OnlineProbe(method.feature_dim, len(loader.class_names), ctx)

@@ -92,9 +92,9 @@ def test_deepspeed_leaves_the_ema_in_float32():
     name = EMA_METHODS[0]
     cfg = Config(optim=OptimConfig(name="sgd", base_lr=0.1), engine=EngineConfig(name="deepspeed", precision="bf16"),
                  train=TrainConfig(global_batch_size=4))
-    plan = make_plan(cfg, 1, torch.device("cpu"), num_samples=40)
+    plan = make_plan(cfg.train, cfg.optim, cfg.engine, 1, torch.device("cpu"), num_samples=40)
     method, views = tiny(name)
-    engine = build_engine(cfg, plan, method, DistContext())
+    engine = build_engine(cfg.engine, cfg.optim, plan, method, DistContext(), nonfinite=cfg.train.nonfinite)
     engine.step([random_batch(views, 4)], lr=plan.lr, step=0)
     engine.module.after_step(1, plan.total_steps)
     assert ema_dtypes(engine.module) == {torch.float32}

@@ -45,9 +45,9 @@ def engine_for(method, world_size, accumulation, ctx):
     cfg = Config(optim=OptimConfig(name="sgd", base_lr=0.1), engine=EngineConfig(name="ddp"),
                  train=TrainConfig(global_batch_size=GLOBAL_BATCH,
                                    per_device_batch_size=GLOBAL_BATCH // (world_size * accumulation)))
-    plan = make_plan(cfg, world_size, torch.device("cpu"), num_samples=100 * GLOBAL_BATCH)
+    plan = make_plan(cfg.train, cfg.optim, cfg.engine, world_size, torch.device("cpu"), num_samples=100 * GLOBAL_BATCH)
     assert plan.accumulation_steps == accumulation
-    return build_engine(cfg, plan, method, ctx)
+    return build_engine(cfg.engine, cfg.optim, plan, method, ctx, nonfinite=cfg.train.nonfinite)
 
 
 def micro_batches(views, rank, world_size, accumulation):

@@ -42,9 +42,9 @@ class FreezingMethod(Method):
 def test_before_optimizer_step_sees_gradients_and_can_freeze_a_layer():
     cfg = Config(optim=OptimConfig(name="sgd", base_lr=0.1, weight_decay=0.1), engine=EngineConfig(name="ddp"),
                  train=TrainConfig(global_batch_size=8))
-    plan = make_plan(cfg, 1, torch.device("cpu"), num_samples=80)
+    plan = make_plan(cfg.train, cfg.optim, cfg.engine, 1, torch.device("cpu"), num_samples=80)
     method = FreezingMethod()
-    engine = build_engine(cfg, plan, method, DistContext())
+    engine = build_engine(cfg.engine, cfg.optim, plan, method, DistContext(), nonfinite=cfg.train.nonfinite)
     gen = torch.Generator().manual_seed(0)
     for step in range(3):
         head = method.head.weight.detach().clone()

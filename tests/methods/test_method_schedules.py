@@ -70,8 +70,8 @@ def test_dino_freezes_its_last_layer_in_the_engine_and_schedules_weight_decay():
     cfg = Config(optim=OptimConfig(name="adamw", base_lr=1e-2, weight_decay=0.04, warmup_epochs=0),
                  engine=EngineConfig(name="ddp"), model=ModelConfig(width=8, small_stem=True),
                  train=TrainConfig(global_batch_size=8, max_steps=100))
-    plan = make_plan(cfg, 1, torch.device("cpu"), num_samples=800)
-    engine = build_engine(cfg, plan, method, DistContext())
+    plan = make_plan(cfg.train, cfg.optim, cfg.engine, 1, torch.device("cpu"), num_samples=800)
+    engine = build_engine(cfg.engine, cfg.optim, plan, method, DistContext(), nonfinite=cfg.train.nonfinite)
     by_name = {g["name"]: g for g in engine.optimizer.param_groups}
     last, mlp_weight = method.head.last_layer.weight, method.head.mlp[0].weight
     for step in range(3):
@@ -91,6 +91,6 @@ def test_deepspeed_zero_1_refuses_dino_naming_the_combination():
     method, _ = tiny_method("dino")
     cfg = Config(optim=OptimConfig(name="sgd"), engine=EngineConfig(name="deepspeed", zero_stage=1),
                  train=TrainConfig(global_batch_size=8))
-    plan = make_plan(cfg, 1, torch.device("cpu"), num_samples=80)
+    plan = make_plan(cfg.train, cfg.optim, cfg.engine, 1, torch.device("cpu"), num_samples=80)
     with pytest.raises(ValueError, match=r"engine.zero_stage = 1 cannot train DINO.*before_optimizer_step"):
-        build_engine(cfg, plan, method, DistContext())
+        build_engine(cfg.engine, cfg.optim, plan, method, DistContext(), nonfinite=cfg.train.nonfinite)

@@ -76,8 +76,10 @@ def deepspeed_running_means(rank, world_size):
     cfg = Config(optim=OptimConfig(name="sgd", base_lr=0.1),
                  engine=EngineConfig(name="deepspeed", sync_bn=True),
                  train=TrainConfig(global_batch_size=PER_RANK * world_size))
-    plan = make_plan(cfg, world_size, torch.device("cpu"), num_samples=10 * PER_RANK * world_size)
-    engine = build_engine(cfg, plan, method, DistContext(rank, rank, world_size, world_size))
+    plan = make_plan(cfg.train, cfg.optim, cfg.engine, world_size, torch.device("cpu"),
+                     num_samples=10 * PER_RANK * world_size)
+    engine = build_engine(cfg.engine, cfg.optim, plan, method, DistContext(rank, rank, world_size, world_size),
+                          nonfinite=cfg.train.nonfinite)
     assert not [m for m in engine.module.modules() if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d)]
     engine.step([random_batch(views, PER_RANK, seed=100 + rank)], lr=plan.lr, step=0)
     flat = torch.cat([m.running_mean for m in engine.module.modules() if isinstance(m, GlobalBatchNorm)])

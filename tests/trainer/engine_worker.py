@@ -70,15 +70,17 @@ def main(out_path: str) -> None:
             )
             if engine_name == "deepspeed":  # the DDP twin of this run, for the loss comparison
                 cfg_ddp = Config(**{**cfg.__dict__, "engine": EngineConfig(name="ddp")})
-            plan = make_plan(cfg, ctx.world_size, ctx.device, num_samples=2 * STEPS * 16)
+            plan = make_plan(cfg.train, cfg.optim, cfg.engine, ctx.world_size, ctx.device, num_samples=2 * STEPS * 16)
             views = cls.views(cfg.method, cfg.data, cfg.aug)
             runs = [(engine_name, cfg, plan)]
             if engine_name == "deepspeed":
-                runs.append(("ddp", cfg_ddp, make_plan(cfg_ddp, ctx.world_size, ctx.device, num_samples=2 * STEPS * 16)))
+                runs.append(("ddp", cfg_ddp, make_plan(cfg_ddp.train, cfg_ddp.optim, cfg_ddp.engine, ctx.world_size,
+                                                       ctx.device, num_samples=2 * STEPS * 16)))
             for label, run_cfg, run_plan in runs:
                 seed_everything(0)
                 method = cls(run_cfg.method, run_cfg.model, run_cfg.data.image_size)
-                engine = build_engine(run_cfg, run_plan, method, ctx)
+                engine = build_engine(run_cfg.engine, run_cfg.optim, run_plan, method, ctx,
+                                      nonfinite=run_cfg.train.nonfinite)
                 record = {"loss": [], "rank_diff": []}
                 for step in range(STEPS):
                     micro = batches(len(views), views[0].size, ctx.global_rank, step, labels=False)

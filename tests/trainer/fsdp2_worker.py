@@ -98,9 +98,11 @@ def config(engine: str, world: int) -> Config:
 
 def build(variant: str, engine_name: str, ctx):
     cfg = config(engine_name, ctx.world_size)
-    plan = make_plan(cfg, ctx.world_size, ctx.device, num_samples=2 * STEPS * 8)
+    plan = make_plan(cfg.train, cfg.optim, cfg.engine, ctx.world_size, ctx.device, num_samples=2 * STEPS * 8)
     seed_everything(0)
-    return build_engine(cfg, plan, TinyViTMethod(ema=variant == "ema"), ctx), plan
+    engine = build_engine(cfg.engine, cfg.optim, plan, TinyViTMethod(ema=variant == "ema"), ctx,
+                          nonfinite=cfg.train.nonfinite)
+    return engine, plan
 
 
 def full_state(engine) -> tuple[dict, dict]:

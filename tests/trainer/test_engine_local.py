@@ -7,7 +7,7 @@ import torch
 from tolerance import rounding_bound
 from torch import nn
 
-from trainer.config import Config, EngineConfig, OptimConfig, TrainConfig
+from trainer.config import EngineConfig, OptimConfig, TrainConfig
 from trainer.dist import DistContext
 from trainer.engine import build_engine, make_plan
 from trainer.methods.base import Method
@@ -35,12 +35,11 @@ class PerSampleMethod(Method):
 
 
 def engine_for(global_batch: int, per_device: int, nonfinite: str = "stop", dtype=torch.float32):
-    cfg = Config(optim=OptimConfig(name="sgd", base_lr=25.6, weight_decay=0.01, grad_clip=0.5),
-                 engine=EngineConfig(name="ddp"),
-                 train=TrainConfig(global_batch_size=global_batch, per_device_batch_size=per_device,
-                                   nonfinite=nonfinite))
-    plan = make_plan(cfg, 1, torch.device("cpu"), num_samples=1600)
-    return build_engine(cfg, plan, PerSampleMethod().to(dtype), DistContext()), plan
+    """Built from the sections alone, with no whole Config anywhere (STYLE.md principle 8)."""
+    optim, engine = OptimConfig(name="sgd", base_lr=25.6, weight_decay=0.01, grad_clip=0.5), EngineConfig(name="ddp")
+    train = TrainConfig(global_batch_size=global_batch, per_device_batch_size=per_device, nonfinite=nonfinite)
+    plan = make_plan(train, optim, engine, 1, torch.device("cpu"), num_samples=1600)
+    return build_engine(engine, optim, plan, PerSampleMethod().to(dtype), DistContext(), nonfinite=nonfinite), plan
 
 
 def data(step: int, dtype=torch.float32) -> list[torch.Tensor]:
@@ -92,10 +91,10 @@ class BatchNormMethod(PerSampleMethod):
 
 
 def test_skip_policy_restores_batchnorm_running_stats():
-    cfg = Config(optim=OptimConfig(name="sgd", base_lr=0.1), engine=EngineConfig(name="ddp"),
-                 train=TrainConfig(global_batch_size=16, nonfinite="skip"))
-    plan = make_plan(cfg, 1, torch.device("cpu"), num_samples=1600)
-    engine = build_engine(cfg, plan, BatchNormMethod(), DistContext())
+    optim, ddp = OptimConfig(name="sgd", base_lr=0.1), EngineConfig(name="ddp")
+    plan = make_plan(TrainConfig(global_batch_size=16, nonfinite="skip"), optim, ddp, 1, torch.device("cpu"),
+                     num_samples=1600)
+    engine = build_engine(ddp, optim, plan, BatchNormMethod(), DistContext(), nonfinite="skip")
     engine.step([Batch(data(0))], lr=plan.lr, step=0)
     before = {k: v.clone() for k, v in engine.module.state_dict().items()}
     bad = data(1)

@@ -94,5 +94,6 @@ def test_batchnorm_and_lars_are_refused_naming_the_layer_and_key():
         method = METHODS["rotnet"](cfg.method, cfg.model, cfg.data.image_size)
         if optim == "lars":  # a model FSDP2 can shard, so the optimizer is what is refused
             method = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        plan = make_plan(cfg.train, cfg.optim, cfg.engine, 1, ctx.device, num_samples=32)
         with pytest.raises(ValueError, match=match):
-            build_engine(cfg, make_plan(cfg, 1, ctx.device, num_samples=32), method, ctx)
+            build_engine(cfg.engine, cfg.optim, plan, method, ctx, nonfinite=cfg.train.nonfinite)

@@ -1,6 +1,6 @@
 """The engines that turn batches into optimizer steps: DDP, DeepSpeed or FSDP2 behind one small interface.
 
-    engine = build_engine(cfg, plan, method, ctx)
+    engine = build_engine(cfg.engine, cfg.optim, plan, method, ctx, nonfinite=cfg.train.nonfinite)
     outputs = engine.step(micro_batches, lr, step)  # forward/backward per micro-batch, the method's
                                                     # before_optimizer_step, one optimizer step
     engine.module                                   # the unwrapped method (hooks, eval, checkpoints)
@@ -19,23 +19,25 @@ from __future__ import annotations
 
 from torch import nn
 
-from trainer.config import Config
+from trainer.config import EngineConfig, OptimConfig
 from trainer.dist import DistContext
 from trainer.engine.plan import Plan, make_plan
 
 __all__ = ["Plan", "build_engine", "make_plan"]
 
 
-def build_engine(cfg: Config, plan: Plan, method: nn.Module, ctx: DistContext):
-    """A `DDPEngine`, `DeepSpeedEngine` or `FSDP2Engine` (cfg.engine.name) owning `method` and its optimizer."""
-    if cfg.engine.name == "fsdp2":
+def build_engine(engine: EngineConfig, optim: OptimConfig, plan: Plan, method: nn.Module, ctx: DistContext, *,
+                 nonfinite: str):
+    """A `DDPEngine`, `DeepSpeedEngine` or `FSDP2Engine` (engine.name) owning `method` and its optimizer;
+    `nonfinite` is train.nonfinite (stop | skip), the one setting of another section an engine obeys."""
+    if engine.name == "fsdp2":
         from trainer.engine.fsdp2 import FSDP2Engine
 
-        return FSDP2Engine(cfg, plan, method, ctx)
-    if cfg.engine.name == "deepspeed":
+        return FSDP2Engine(engine, optim, plan, method, ctx, nonfinite=nonfinite)
+    if engine.name == "deepspeed":
         from trainer.engine.deepspeed_engine import DeepSpeedEngine  # imports deepspeed only when asked
 
-        return DeepSpeedEngine(cfg, plan, method, ctx)
+        return DeepSpeedEngine(engine, optim, plan, method, ctx, nonfinite=nonfinite)
     from trainer.engine.ddp import DDPEngine
 
-    return DDPEngine(cfg, plan, method, ctx)
+    return DDPEngine(engine, optim, plan, method, ctx, nonfinite=nonfinite)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.config import Config
+from trainer.config import EngineConfig, OptimConfig
 from trainer.dist import DistContext
 from trainer.engine.amp import autocast, restore_unless, step_if
 from trainer.engine.grad_cache import MethodEntry, gradient_cache_step
@@ -19,21 +19,22 @@ from trainer.types import Batch, MethodOutput
 
 
 class DDPEngine:
-    def __init__(self, cfg: Config, plan: Plan, method: nn.Module, ctx: DistContext):
+    def __init__(self, engine: EngineConfig, optim: OptimConfig, plan: Plan, method: nn.Module, ctx: DistContext, *,
+                 nonfinite: str):
         self.ctx, self.precision, self.total_steps = ctx, plan.precision, plan.total_steps
-        self.grad_clip, self.skip_nonfinite = cfg.optim.grad_clip, cfg.train.nonfinite == "skip"
-        if cfg.engine.sync_bn and ctx.distributed:
+        self.grad_clip, self.skip_nonfinite = optim.grad_clip, nonfinite == "skip"
+        if engine.sync_bn and ctx.distributed:
             method = convert_sync_batchnorm(method, ctx.device)
         method = method.to(ctx.device)
-        if cfg.engine.channels_last and ctx.device.type == "cuda":
+        if engine.channels_last and ctx.device.type == "cuda":
             method = method.to(memory_format=torch.channels_last)
         self.module = method
-        self.optimizer = build_optimizer(cfg.optim, method.parameter_groups(), plan.lr)
+        self.optimizer = build_optimizer(optim, method.parameter_groups(), plan.lr)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         model = MethodEntry(method)
         if ctx.distributed:
             model = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
-        self.model = torch.compile(model) if cfg.engine.compile else model
+        self.model = torch.compile(model) if engine.compile else model
         self.ddp = model if ctx.distributed else None
         # fp16 needs loss scaling; bf16 has fp32's exponent range and does not
         self.scaler = torch.amp.GradScaler(ctx.device.type) if plan.precision == "fp16" else None

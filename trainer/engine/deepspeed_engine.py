@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.config import Config
+from trainer.config import EngineConfig, OptimConfig
 from trainer.dist import DistContext, ensure_process_group
 from trainer.engine.amp import autocast, keep_ema_float32, restore_unless
 from trainer.engine.grad_cache import MethodEntry, gradient_cache_step
@@ -25,9 +25,10 @@ TAG = "deepspeed"
 
 
 class DeepSpeedEngine:
-    def __init__(self, cfg: Config, plan: Plan, method: nn.Module, ctx: DistContext):
-        if method.edits_gradients and cfg.engine.zero_stage > 0:
-            raise ValueError(f"engine.zero_stage = {cfg.engine.zero_stage} cannot train {type(method).__name__}: it "
+    def __init__(self, engine: EngineConfig, optim: OptimConfig, plan: Plan, method: nn.Module, ctx: DistContext, *,
+                 nonfinite: str):
+        if method.edits_gradients and engine.zero_stage > 0:
+            raise ValueError(f"engine.zero_stage = {engine.zero_stage} cannot train {type(method).__name__}: it "
                              "edits gradients before the optimizer step (before_optimizer_step), which ZeRO 1-2 "
                              "keep partitioned outside .grad; use engine.zero_stage = 0 or engine.name = ddp")
         import deepspeed
@@ -38,17 +39,17 @@ class DeepSpeedEngine:
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         ensure_process_group(ctx)
         self.ctx, self.precision, self.total_steps = ctx, plan.precision, plan.total_steps
-        self.skip_nonfinite = cfg.train.nonfinite == "skip"
-        if cfg.engine.sync_bn and ctx.distributed:
+        self.skip_nonfinite = nonfinite == "skip"
+        if engine.sync_bn and ctx.distributed:
             method = convert_sync_batchnorm(method, ctx.device)
         self.module = method.to(ctx.device)
-        if cfg.engine.channels_last and ctx.device.type == "cuda":
+        if engine.channels_last and ctx.device.type == "cuda":
             self.module = self.module.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(cfg.optim, method.parameter_groups(), plan.lr)
+        self.optimizer = build_optimizer(optim, method.parameter_groups(), plan.lr)
         self.ds, _, _, _ = deepspeed.initialize(model=MethodEntry(self.module), optimizer=self.optimizer,
                                                 config=plan.deepspeed, dist_init_required=False)
         keep_ema_float32(self.module)  # fp16 casts the whole module to half, EMA copies included
-        if cfg.engine.compile:
+        if engine.compile:
             self.ds.compile()
 
     def step(self, batches: list[Batch], lr: float, step: int) -> list[MethodOutput]:

@@ -35,7 +35,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from trainer.config import Config
+from trainer.config import EngineConfig, OptimConfig
 from trainer.dist import DistContext, ensure_process_group
 from trainer.engine.grad_cache import MethodEntry, gradient_cache_step
 from trainer.engine.plan import Plan
@@ -45,22 +45,22 @@ from trainer.types import Batch, MethodOutput
 DCP_DIR = "fsdp2"
 
 
-def refuse_unsupported(cfg: Config, plan: Plan, method: nn.Module) -> None:
+def refuse_unsupported(engine: EngineConfig, optim: OptimConfig, nonfinite: str, plan: Plan, method: nn.Module) -> None:
     """ValueError naming the first setting or layer FSDP2 cannot serve."""
     norms = [f"{name} ({type(m).__name__})" for name, m in method.named_modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if norms:
         raise ValueError(f"engine.name = fsdp2 cannot train {norms[0]} ({len(norms)} BatchNorm layers): FSDP2 does "
                          "not broadcast BatchNorm statistics between ranks; use a ViT (timm:...) or engine.name = ddp")
-    if cfg.optim.name == "lars":
+    if optim.name == "lars":
         raise ValueError("optim.name = lars with engine.name = fsdp2: LARS needs each layer's whole norm, FSDP2 "
                          "shards layers across ranks; use optim.name = adamw (the ViT recipes' optimizer)")
     if plan.precision == "fp16":
         raise ValueError("engine.precision = fp16 with engine.name = fsdp2: use bf16 (fp32's exponent range, "
                          "no loss scaling) or fp32")
-    if cfg.train.nonfinite == "skip":
+    if nonfinite == "skip":
         raise ValueError("train.nonfinite = skip with engine.name = fsdp2 is not supported: use stop, or engine.name = ddp")
-    if cfg.engine.compile:
+    if engine.compile:
         raise ValueError("engine.compile = true with engine.name = fsdp2 is not supported yet: use ddp to compile")
 
 
@@ -75,10 +75,11 @@ def shard(entry: MethodEntry, mesh, policy: MixedPrecisionPolicy) -> None:
 
 
 class FSDP2Engine:
-    def __init__(self, cfg: Config, plan: Plan, method: nn.Module, ctx: DistContext):
-        refuse_unsupported(cfg, plan, method)
+    def __init__(self, engine: EngineConfig, optim: OptimConfig, plan: Plan, method: nn.Module, ctx: DistContext, *,
+                 nonfinite: str):
+        refuse_unsupported(engine, optim, nonfinite, plan, method)
         ensure_process_group(ctx)
-        self.ctx, self.grad_clip, self.total_steps = ctx, cfg.optim.grad_clip, plan.total_steps
+        self.ctx, self.grad_clip, self.total_steps = ctx, optim.grad_clip, plan.total_steps
         mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
         policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
                   if plan.precision == "bf16" else MixedPrecisionPolicy())
@@ -86,7 +87,7 @@ class FSDP2Engine:
         self.root = MethodEntry(self.module)
         shard(self.root, mesh, policy)
         # built after sharding: the optimizer holds the DTensor shards, so its state is sharded too
-        self.optimizer = build_optimizer(cfg.optim, method.parameter_groups(), plan.lr)
+        self.optimizer = build_optimizer(optim, method.parameter_groups(), plan.lr)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
 
     @contextlib.contextmanager

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from trainer.config import Config, TrainConfig
+from trainer.config import EngineConfig, OptimConfig, TrainConfig
 
 
 def micro_batching(train: TrainConfig, world_size: int) -> tuple[int, int]:
@@ -50,7 +50,7 @@ class Plan:
         return asdict(self)
 
 
-def deepspeed_config(cfg: Config, plan_batch: tuple[int, int, int], precision: str) -> dict:
+def deepspeed_config(engine: EngineConfig, grad_clip: float, plan_batch: tuple[int, int, int], precision: str) -> dict:
     """DeepSpeed's JSON, derived from our config: batch sizes are never typed twice.
 
     bf16 runs under our own autocast with fp32 weights (as DDP does); fp16 uses DeepSpeed's dynamic
@@ -61,8 +61,8 @@ def deepspeed_config(cfg: Config, plan_batch: tuple[int, int, int], precision: s
         "train_batch_size": global_batch,
         "train_micro_batch_size_per_gpu": per_device,
         "gradient_accumulation_steps": accumulation,
-        "gradient_clipping": cfg.optim.grad_clip,
-        "zero_optimization": {"stage": cfg.engine.zero_stage},
+        "gradient_clipping": grad_clip,
+        "zero_optimization": {"stage": engine.zero_stage},
         "zero_allow_untested_optimizer": True,  # our torch LARS/SGD/AdamW, not DeepSpeed's fused ones
         "steps_per_print": 2**31 - 1,  # we log ourselves
         "wall_clock_breakdown": False,
@@ -72,39 +72,41 @@ def deepspeed_config(cfg: Config, plan_batch: tuple[int, int, int], precision: s
     return ds
 
 
-def make_plan(cfg: Config, world_size: int, device: torch.device, num_samples: int) -> Plan:
+def make_plan(train: TrainConfig, optim: OptimConfig, engine: EngineConfig, world_size: int, device: torch.device,
+              num_samples: int) -> Plan:
     """The plan for training on `num_samples` images (the split's size in its manifest), computed before
     the loader is built (the loader takes its per-device batch from here)."""
-    per_device, accumulation = micro_batching(cfg.train, world_size)
+    per_device, accumulation = micro_batching(train, world_size)
     # the loader drops the samples past the last full global batch each epoch (trainer/data/sampling.py)
-    steps_per_epoch = num_samples // cfg.train.global_batch_size
+    steps_per_epoch = num_samples // train.global_batch_size
     if steps_per_epoch < 1:
         raise ValueError(
-            f"{num_samples} images make no optimizer step of {cfg.train.global_batch_size}: the dataset is "
+            f"{num_samples} images make no optimizer step of {train.global_batch_size}: the dataset is "
             f"smaller than train.global_batch_size"
         )
-    total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
-    precision = resolve_precision(cfg.engine.precision, device)
-    if cfg.engine.name == "deepspeed":
-        if cfg.engine.zero_stage not in (0, 1, 2):
-            raise ValueError(f"engine.zero_stage = {cfg.engine.zero_stage}: choose 0, 1 or 2")
-        if cfg.optim.name == "lars" and cfg.engine.zero_stage > 0:
+    total = train.max_steps or train.epochs * steps_per_epoch
+    precision = resolve_precision(engine.precision, device)
+    if engine.name == "deepspeed":
+        if engine.zero_stage not in (0, 1, 2):
+            raise ValueError(f"engine.zero_stage = {engine.zero_stage}: choose 0, 1 or 2")
+        if optim.name == "lars" and engine.zero_stage > 0:
             raise ValueError("optim.name = lars needs engine.zero_stage = 0: ZeRO 1-2 flatten and partition "
                              "parameters, so LARS could not see each layer's norm")
-        if cfg.train.nonfinite == "skip" and precision != "fp16":
+        if train.nonfinite == "skip" and precision != "fp16":
             raise ValueError("train.nonfinite = skip with engine.name = deepspeed needs engine.precision = fp16 "
                              "(DeepSpeed's loss scaler is what skips a step); use the ddp engine otherwise")
     return Plan(
         world_size=world_size,
-        global_batch_size=cfg.train.global_batch_size,
+        global_batch_size=train.global_batch_size,
         per_device_batch_size=per_device,
         accumulation_steps=accumulation,
-        lr=cfg.optim.base_lr * cfg.train.global_batch_size / 256,
+        lr=optim.base_lr * train.global_batch_size / 256,
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
-        warmup_steps=min(total, round(cfg.optim.warmup_epochs * steps_per_epoch)),
+        warmup_steps=min(total, round(optim.warmup_epochs * steps_per_epoch)),
         epochs=-(-total // steps_per_epoch),
         precision=precision,
-        deepspeed=(deepspeed_config(cfg, (cfg.train.global_batch_size, per_device, accumulation), precision)
-                   if cfg.engine.name == "deepspeed" else None),
+        deepspeed=(deepspeed_config(engine, optim.grad_clip, (train.global_batch_size, per_device, accumulation),
+                                    precision)
+                   if engine.name == "deepspeed" else None),
     )
