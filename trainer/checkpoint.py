@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from trainer.config import Config, to_dict
+from trainer.config import Config, TrainConfig
 from trainer.dist import DistContext
 from trainer.registry import load_config
 
@@ -110,9 +110,9 @@ def _setting(config: dict, key: str):
     return config
 
 
-def _differences(state: dict, cfg: Config, data: dict | None) -> list[str]:
-    """'key: checkpoint value -> value now' for every MEANING setting (and the data's identity) that differs."""
-    now = to_dict(cfg)
+def _differences(state: dict, now: dict, data: dict | None) -> list[str]:
+    """'key: checkpoint value -> value now' for every MEANING setting of the resolved config `now` (and the
+    data's identity) that differs."""
     pairs = []
     for key in MEANING:
         then, current = _setting(state["config"], key), _setting(now, key)
@@ -126,7 +126,7 @@ def _differences(state: dict, cfg: Config, data: dict | None) -> list[str]:
     return [f"{key}: {then!r} -> {current!r}" for key, then, current in pairs if then != current]
 
 
-def _scan(run_dir: Path, cfg: Config | None, data: dict | None) -> tuple[tuple[Path, dict] | None, list[tuple[Path, str]]]:
+def _scan(run_dir: Path, config: dict | None, data: dict | None) -> tuple[tuple[Path, dict] | None, list[tuple[Path, str]]]:
     """(newest readable checkpoint and its state, or None; the unreadable ones newer than it, with why)."""
     unreadable = []
     for directory in checkpoints(run_dir):
@@ -138,8 +138,8 @@ def _scan(run_dir: Path, cfg: Config | None, data: dict | None) -> tuple[tuple[P
             warnings.warn(f"skipping unreadable checkpoint {file}: {reason}", stacklevel=3)
             unreadable.append((directory, reason))
             continue
-        if cfg is not None:
-            differences = _differences(state, cfg, data)
+        if config is not None:
+            differences = _differences(state, config, data)
             if differences:
                 raise ResumeError(f"{file} was saved with other settings ({'; '.join(differences)}): resume with "
                                   f"the checkpoint's values, or {FRESH.format(run_dir=run_dir)}")
@@ -151,12 +151,13 @@ def _scan(run_dir: Path, cfg: Config | None, data: dict | None) -> tuple[tuple[P
     return None, []
 
 
-def read_latest(run_dir: Path, cfg: Config | None = None, data: dict | None = None) -> tuple[Path, dict] | None:
+def read_latest(run_dir: Path, config: dict | None = None, data: dict | None = None) -> tuple[Path, dict] | None:
     """(directory, state) of the newest checkpoint whose state.pt loads; unreadable ones are skipped
     with a warning naming the file, and a run with checkpoints none of which loads is a ResumeError
-    naming each. With `cfg` (and `data`, the dataset's identity: Checkpointer's), a checkpoint whose
-    MEANING settings differ is refused (ResumeError naming the file, the keys and both values)."""
-    return _scan(run_dir, cfg, data)[0]
+    naming each. With `config` (the resolved config now, `to_dict(cfg)`) and `data` (the dataset's
+    identity: Checkpointer's), a checkpoint whose MEANING settings differ is refused (ResumeError naming
+    the file, the keys and both values)."""
+    return _scan(run_dir, config, data)[0]
 
 
 def load_model_weights(run_dir: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
@@ -212,12 +213,14 @@ def _free_name(path: Path) -> Path:
 
 
 class Checkpointer:
-    """Saves every `every` steps (and on demand), keeps the last `keep_last`, resumes the latest."""
+    """Saves every train.ckpt_every steps (and on demand), keeps the last train.keep_last, resumes the latest."""
 
-    def __init__(self, run_dir: Path, cfg: Config, ctx: DistContext, data: dict):
-        """`data`: the dataset's identity (name, sample count, view sizes), saved and compared on resume."""
-        self.dir, self.cfg, self.ctx, self.data = run_dir / "checkpoints", cfg, ctx, data
-        self.every, self.keep_last = cfg.train.ckpt_every, cfg.train.keep_last
+    def __init__(self, run_dir: Path, train: TrainConfig, ctx: DistContext, *, config: dict, data: dict,
+                 engine: str):
+        """`config`: the run's resolved config (`to_dict(cfg)`), saved and its MEANING settings compared on
+        resume, as is `data`, the dataset's identity (name, sample count, view sizes); `engine`: engine.name."""
+        self.dir, self.ctx, self.config, self.data, self.engine = run_dir / "checkpoints", ctx, config, data, engine
+        self.every, self.keep_last, self.global_batch = train.ckpt_every, train.keep_last, train.global_batch_size
         if ctx.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             for stale in self.dir.glob(".tmp-*"):  # a save killed midway
@@ -250,9 +253,9 @@ class Checkpointer:
                 "step": position.step, "epoch": position.epoch,
                 # the data position by global sample index: the epoch's permutation up to here is consumed
                 # (trainer/data/sampling.py), whatever the world size that consumed it
-                "samples_in_epoch": position.step_in_epoch * self.cfg.train.global_batch_size,
+                "samples_in_epoch": position.step_in_epoch * self.global_batch,
                 "rng": rngs,
-                "config": to_dict(self.cfg),
+                "config": self.config,
                 "data": self.data,
             }
             self._write(state, tmp, final)
@@ -290,7 +293,7 @@ class Checkpointer:
         found, error = None, None
         if self.ctx.is_main:
             try:
-                found, unreadable = _scan(self.dir.parent, self.cfg, self.data)
+                found, unreadable = _scan(self.dir.parent, self.config, self.data)
             except ResumeError as err:
                 error = str(err)
             else:
@@ -308,7 +311,7 @@ class Checkpointer:
             return Position()
         directory = Path(choice[0])
         state = found[1] if found else torch.load(directory / STATE, map_location="cpu", weights_only=True)
-        if len(state["rng"]) != self.ctx.world_size and self.cfg.engine.name == "deepspeed":
+        if len(state["rng"]) != self.ctx.world_size and self.engine == "deepspeed":
             raise ResumeError(f"{directory}: saved by {len(state['rng'])} ranks, now {self.ctx.world_size}: DeepSpeed's "
                               "ZeRO partitions load only on the world size that wrote them; relaunch with "
                               f"{len(state['rng'])} processes, or train with engine.name = ddp or fsdp2, which reshard")
@@ -322,7 +325,7 @@ class Checkpointer:
             set_rng_state(state["rng"][self.ctx.global_rank])
         else:
             warnings.warn(f"{directory}: saved by {saved_world} ranks, resumed on {self.ctx.world_size}, global "
-                          f"batch {self.cfg.train.global_batch_size} on both; the rest of the epoch's samples follow "
+                          f"batch {self.global_batch} on both; the rest of the epoch's samples follow "
                           "as they would have. Per-rank RNG states not restored: not bit-exact", stacklevel=2)
         return Position(state["step"], state["epoch"], self._step_in_epoch(state, directory))
 
@@ -330,7 +333,7 @@ class Checkpointer:
         """Optimizer steps of the epoch already done, from the global sample index (older checkpoints: the step)."""
         if "samples_in_epoch" not in state:
             return state["step_in_epoch"]
-        steps, rest = divmod(state["samples_in_epoch"], self.cfg.train.global_batch_size)
+        steps, rest = divmod(state["samples_in_epoch"], self.global_batch)
         assert rest == 0, f"{directory}: samples_in_epoch is not a whole number of global batches"
         return steps
 

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from trainer.checkpoint import EXIT_PREEMPTED, Checkpointer, Position, Preemption
-from trainer.config import Config, to_yaml
+from trainer.config import Config, to_dict, to_yaml
 from trainer.dist import DistContext, init_distributed, shutdown
 from trainer.engine import build_engine, make_plan
 from trainer.logger import Meter, make_logger
@@ -98,7 +98,7 @@ def run(cfg: Config, ctx: DistContext, lock: contextlib.ExitStack) -> int:
         probe = OnlineProbe(method.feature_dim, len(loader.class_names), ctx)
     data = {"dataset": loader.samples.manifest["dataset"], "num_samples": loader.num_samples,
             "view_sizes": [v.size for v in views]}
-    checkpointer = Checkpointer(run_dir, cfg, ctx, data)
+    checkpointer = Checkpointer(run_dir, cfg.train, ctx, config=to_dict(cfg), data=data, engine=cfg.engine.name)
     position = checkpointer.resume(engine, probe)  # Position() on a fresh run
 
     log = make_logger(ctx, run_dir, total, position.step, cfg.train.progress)
@@ -173,7 +173,7 @@ def run(cfg: Config, ctx: DistContext, lock: contextlib.ExitStack) -> int:
                     return EXIT_PREEMPTED
         knn_due = cfg.train.knn_every and (epoch + 1) % cfg.train.knn_every == 0
         if knn_due and loader.samples.labeled and step > 0:
-            accuracy = knn_accuracy(engine.module.backbone, len(loader.class_names), cfg, ctx)
+            accuracy = knn_accuracy(engine.module.backbone, len(loader.class_names), cfg.data, cfg.eval, ctx)
             log.scalars(step, epoch, {"knn/acc": accuracy})
             log.info(f"epoch {epoch + 1}: kNN accuracy {accuracy:.4f}")
     log.close()

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import get_total_norm
 
-from trainer.config import Config
+from trainer.config import DataConfig, EvalConfig
 from trainer.dist import DistContext
 from trainer.engine.amp import step_if
 
@@ -55,7 +55,8 @@ class OnlineProbe:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def knn_accuracy(backbone: nn.Module, num_classes: int, cfg: Config, ctx: DistContext) -> float:
+def knn_accuracy(backbone: nn.Module, num_classes: int, data: DataConfig, evaluation: EvalConfig,
+                 ctx: DistContext) -> float:
     """Weighted kNN top-1 (trainer.eval.knn) of `backbone` features, eval.train_split -> eval.test_split.
 
     Collective: every rank extracts its part; the gathered features are classified on every rank.
@@ -65,10 +66,10 @@ def knn_accuracy(backbone: nn.Module, num_classes: int, cfg: Config, ctx: DistCo
 
     comm = ctx.device if dist.is_initialized() and dist.get_backend() == "nccl" else torch.device("cpu")
     was_training = backbone.training
-    bank_x, bank_y = extract(split_batches(cfg.data, cfg.eval.train_split, ctx, cfg.eval.batch_size),
+    bank_x, bank_y = extract(split_batches(data, evaluation.train_split, ctx, evaluation.batch_size),
                              backbone, ctx.device, comm)
-    test_x, test_y = extract(split_batches(cfg.data, cfg.eval.test_split, ctx, cfg.eval.batch_size),
+    test_x, test_y = extract(split_batches(data, evaluation.test_split, ctx, evaluation.batch_size),
                              backbone, ctx.device, comm)
     backbone.train(was_training)
-    predicted = knn_predict(bank_x, bank_y, test_x, num_classes, cfg.eval.knn_k, cfg.eval.knn_temperature)
+    predicted = knn_predict(bank_x, bank_y, test_x, num_classes, evaluation.knn_k, evaluation.knn_temperature)
     return (predicted == test_y).float().mean().item()

@@ -30,6 +30,7 @@ from fault_harness import (
 )
 
 from trainer.checkpoint import ResumeError, read_latest
+from trainer.config import to_dict
 from trainer.registry import load_config
 
 pytestmark = pytest.mark.slow
@@ -135,7 +136,7 @@ def test_checkpoint_of_another_config_is_refused_naming_file_key_and_values(refe
     cfg = load_config(reference.run_dir / "config.yaml" if path else None, [override])
     newest = reference.run_dir / "checkpoints" / f"step_{max(reference.losses):08d}" / "state.pt"
     with pytest.raises(ResumeError) as refused:
-        read_latest(reference.run_dir, cfg)
+        read_latest(reference.run_dir, to_dict(cfg))
     assert str(newest) in str(refused.value) and named in str(refused.value)
 
 
@@ -150,9 +151,9 @@ def test_checkpoint_of_other_data_is_refused(reference, change, named):
     cfg = load_config(reference.run_dir / "config.yaml")
     newest = reference.run_dir / "checkpoints" / f"step_{max(reference.losses):08d}"
     saved = torch.load(newest / "state.pt", weights_only=True)["data"]
-    assert read_latest(reference.run_dir, cfg, saved)[0] == newest  # the control: the same data resumes
+    assert read_latest(reference.run_dir, to_dict(cfg), saved)[0] == newest  # the control: the same data resumes
     with pytest.raises(ResumeError, match=re.escape(named)):
-        read_latest(reference.run_dir, cfg, {**saved, **change})
+        read_latest(reference.run_dir, to_dict(cfg), {**saved, **change})
 
 
 def test_train_command_refuses_to_resume_another_setup(reference, tmp_path):
