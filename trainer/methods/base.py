@@ -3,7 +3,7 @@
 A method is a `Method` (an `nn.Module`) with:
   Config            its config dataclass (a `name: str` field first, then its own knobs)
   views(cfg, data, aug) -> list[ViewSpec]      classmethod: what the input pipeline must produce
-  __init__(cfg, model: ModelConfig)            builds backbone + heads
+  __init__(cfg, model: ModelConfig, image_size) builds backbone + heads (its own section, the model's)
   backbone          nn.Module, [B, 3, H, W] -> [B, feature_dim]; what eval and export use
   feature_dim       int
   couples_samples   class attribute: True where the loss couples the samples of a batch (a contrastive
