@@ -62,8 +62,8 @@ gpu-step: $(GPU_DATA)/shards/manifest.json
 system-deps:
 	bash tests/install_system_deps.sh
 
-## the peer environment the time-to-accuracy benchmark runs lightly's loop in: lightly 1.6.0 pulls hydra-core,
-## which downgrades omegaconf, so it never goes into .venv (benchmarks/README.md)
+## the peer environment the time-to-accuracy benchmark runs lightly's loop in, and benchmarks/step.py reads lightly
+## from: lightly 1.6.0 pulls hydra-core, which downgrades omegaconf, so it never goes into .venv (benchmarks/README.md)
 PEER := .venv-peer
 bench-env: $(PEER)/.installed
 $(PEER)/.installed: pyproject.toml

@@ -6,31 +6,36 @@ For each backbone@size, precision and method, on one device with a per-device ba
              method's own ViewSpecs (already on the device)
   ours+data  the same step fed by trainer.data.build_loader from --shards (DALI or torch backend):
              the full step, loader included; also reports the fraction of time spent waiting for data
-  lightly    the same backbone with lightly's heads, loss and LARS, written as lightly's examples do
-             (one backbone call per view); SimCLR, BYOL, VICReg on torchvision backbones (the newer
-             methods and timm backbones are not wired up here)
+  lightly    the same backbone (built by our registry, ResNet or timm) with lightly's heads, loss and LARS
+             at our head sizes, written as lightly's examples do (benchmarks/lightly_methods.py; lightly
+             is read from the peer environment, --peer)
   ceiling    the bare backbone forward + backward on the same images (all views), no heads, no
              loss, no optimizer: the most any step on this backbone can reach
-images/s counts source images (B per step), whatever the number of views.
+With --ranks W, also ours under DDP and FSDP2 on W ranks (torchrun, benchmarks/engines.py) for
+--rank-models x --rank-methods, B images per rank: step time and peak memory per rank, in the same JSON.
+images/s counts source images (B per device per step, all devices), whatever the number of views.
 
     python -m benchmarks.step --methods simclr --precision fp32,bf16 --compile off,on
     python -m benchmarks.step --models resnet18@32 --batch-size 8 --steps 2 --warmup 1 --out-dir /tmp/bench
     python -m benchmarks.step --models timm:vit_tiny_patch16_224@32 --methods dino,mocov3   # patch 4 px
+    python -m benchmarks.step --models resnet18@32 --methods simclr --ranks 2 --threads 1   # + DDP/FSDP2 rows
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from benchmarks import engines, lightly_methods
 from benchmarks.common import (
     PeakMemory,
     add_common_args,
+    loadavg,
+    machine,
     print_table,
     setup,
     summary,
@@ -46,7 +51,6 @@ from trainer.registry import load_config
 from trainer.types import Batch
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-PATCH_SIZE = 4
 
 
 def autocast(device: torch.device, precision: str):
@@ -71,29 +75,33 @@ def synthetic_views(view_sizes: list[int], batch: int, device: torch.device, cha
     ]
 
 
-def model_overrides(backbone: str, size: int) -> list[str]:
-    """The backbone at `size` px; a timm model gets PATCH_SIZE px patches (ViT-Tiny at 32 px: 8 x 8)."""
-    patch = [f"model.patch_size={PATCH_SIZE}"] if backbone.startswith("timm:") else []
-    return [f"model.backbone={backbone}", f"data.image_size={size}", *patch]
+def overrides(method: str, backbone: str, size: int, patch: int, local_crops: int) -> list[str]:
+    """The config of one row: the backbone at `size` px (a timm model with `patch` px patches: ViT-Tiny at
+    32 px and patch 4 sees 8 x 8 tokens); DINO, the multi-crop method, with `local_crops` local views."""
+    model = [f"model.backbone={backbone}", f"data.image_size={size}"]
+    if backbone.startswith("timm:"):
+        model.append(f"model.patch_size={patch}")
+    crops = [f"aug.local_crops={local_crops}"] if method == "dino" else []
+    return [f"method.name={method}", *model, *crops]
 
 
-def our_setup(name: str, backbone: str, size: int, batch: int, run: dict, device: torch.device):
+def our_setup(name: str, backbone: str, size: int, run: dict, args, device: torch.device):
     """Our method inside our engine (DDP engine, one process: AMP, the method's optimizer, compile,
-    channels_last as configured): (step(batch), view sizes, config)."""
+    channels_last as configured): (step(batch), view sizes, config, the method module)."""
     cfg = load_config(
         None,
         [
-            f"method.name={name}",
-            *model_overrides(backbone, size),
-            f"train.global_batch_size={batch}",
+            *overrides(name, backbone, size, args.patch_size, args.local_crops),
+            f"train.global_batch_size={args.batch_size}",
             f"engine.precision={run['precision']}",
             f"engine.channels_last={run['channels_last']}",
             f"engine.compile={run['compile']}",
         ],
     )
-    plan = make_plan(cfg.train, cfg.optim, cfg.engine, 1, device, num_samples=10**6 * batch)
-    engine = build_engine(cfg.engine, cfg.optim, plan, METHODS[name](cfg.method, cfg.model, cfg.data.image_size),
-                          DistContext(device=device), nonfinite=cfg.train.nonfinite)
+    plan = make_plan(cfg.train, cfg.optim, cfg.engine, 1, device, num_samples=10**6 * args.batch_size)
+    method = METHODS[name](cfg.method, cfg.model, cfg.data.image_size)
+    engine = build_engine(cfg.engine, cfg.optim, plan, method, DistContext(device=device),
+                          nonfinite=cfg.train.nonfinite)
     specs = type(engine.module).views(cfg.method, cfg.data, cfg.aug)
     counter = {"step": 0}
 
@@ -103,75 +111,37 @@ def our_setup(name: str, backbone: str, size: int, batch: int, run: dict, device
         counter["step"] += 1
         engine.module.after_step(counter["step"], plan.total_steps)
 
-    return step, [s.size for s in specs], cfg
+    return step, [s.size for s in specs], cfg, engine.module
 
 
-def lightly_setup(name: str, backbone: str, size: int, batch: int, run: dict, device: torch.device):
-    """lightly's model + loss for `name` on our backbone, or a reason string when unavailable."""
-    try:
-        from lightly import loss as L
-        from lightly.models.modules import heads as H
-        from lightly.models.utils import deactivate_requires_grad, update_momentum
-        from lightly.utils.lars import LARS
-    except ImportError:
-        return "not installed"
-    if backbone.startswith("timm:"):
-        return "not compared on timm backbones"
-    cfg = load_config(None, model_overrides(backbone, size))
+def lightly_setup(name: str, cfg, ours: nn.Module, run: dict, args, device: torch.device):
+    """lightly's model + loss for `name` on a fresh backbone of `cfg`'s, or a reason string."""
+    reason = lightly_methods.import_lightly(args.peer)
+    if reason:
+        return reason
+    from lightly.utils.lars import LARS
+
     net, dim = build_backbone(cfg.model, cfg.data.image_size)
-    if name == "simclr":
-        model = nn.ModuleDict({"backbone": net, "head": H.SimCLRProjectionHead(dim, dim, 128)})
-        criterion = L.NTXentLoss(temperature=0.1)
-
-        def loss_fn(x0, x1):
-            return criterion(model.head(model.backbone(x0)), model.head(model.backbone(x1)))
-    elif name == "vicreg":
-        model = nn.ModuleDict(
-            {"backbone": net, "head": H.VICRegProjectionHead(dim, 8192, 8192, num_layers=3)}
-        )
-        criterion = L.VICRegLoss()
-
-        def loss_fn(x0, x1):
-            return criterion(model.head(model.backbone(x0)), model.head(model.backbone(x1)))
-    elif name == "byol":
-        model = nn.ModuleDict(
-            {
-                "backbone": net,
-                "head": H.BYOLProjectionHead(dim, 4096, 256),
-                "pred": H.BYOLPredictionHead(256, 4096, 256),
-            }
-        )
-        target = copy.deepcopy(nn.ModuleDict({"backbone": model.backbone, "head": model.head}))
-        deactivate_requires_grad(target)
-        criterion = L.NegativeCosineSimilarity()
-
-        def loss_fn(x0, x1):
-            update_momentum(model.backbone, target.backbone, 0.99)
-            update_momentum(model.head, target.head, 0.99)
-            p0, p1 = (model.pred(model.head(model.backbone(x))) for x in (x0, x1))
-            with torch.no_grad():
-                t0, t1 = (target.head(target.backbone(x)) for x in (x0, x1))
-            return 0.5 * (criterion(p0, t1.detach()) + criterion(p1, t0.detach()))
-
-        target = prepare(target, device, run)
-    else:
-        return "no lightly equivalent"
-    model = prepare(model, device, run)
-    opt = LARS(model.parameters(), lr=0.3 * batch / 256, momentum=0.9, weight_decay=1e-6)
-    compute = torch.compile(loss_fn) if run["compile"] else loss_fn
+    peer = lightly_methods.build(name, ours, net, dim)
+    if isinstance(peer, str):
+        return peer
+    model = prepare(peer.model, device, run)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = LARS(params, lr=0.3 * args.batch_size / 256, momentum=0.9, weight_decay=1e-6)
+    compute = torch.compile(peer.loss) if run["compile"] else peer.loss
 
     def step(batch: Batch) -> None:
         with autocast(device, run["precision"]):
-            loss = compute(batch.views[0], batch.views[1])
+            loss = compute(batch.views)
         loss.backward()
+        peer.before_optimizer_step()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     return step
 
 
-def ceiling_setup(backbone: str, size: int, run: dict, device: torch.device):
-    cfg = load_config(None, model_overrides(backbone, size))
+def ceiling_setup(cfg, run: dict, device: torch.device):
     net = prepare(build_backbone(cfg.model, cfg.data.image_size)[0], device, run)
     forward = torch.compile(net) if run["compile"] else net
 
@@ -186,10 +156,13 @@ def ceiling_setup(backbone: str, size: int, run: dict, device: torch.device):
 
 
 def measure_synthetic(step, views: list, batch: int, args, device: torch.device) -> dict:
+    """Median step time over args.steps steps after args.warmup, and the peak memory during those steps
+    above what the warm step holds (parameters, optimizer state: allocated in the warmup)."""
     data = Batch(views=views)
-    times = time_ms(lambda: step(data), device, args.steps, warmup=args.warmup)
-    with PeakMemory(device) as mem:
+    for _ in range(args.warmup):
         step(data)
+    with PeakMemory(device) as mem:
+        times = time_ms(lambda: step(data), device, args.steps, warmup=0)
     s = summary(times)
     return {
         "status": "ok",
@@ -197,8 +170,6 @@ def measure_synthetic(step, views: list, batch: int, args, device: torch.device)
         "img_per_s": round(batch / (s["ms_median"] / 1e3), 1),
         "peak_mb": mem.peak_mb,
     }
-
-
 def measure_with_loader(step, cfg, args, device: torch.device) -> dict:
     """Full step fed by the real loader: images/s over args.steps steps, and the data-wait fraction."""
     from trainer.data import build_loader
@@ -232,18 +203,25 @@ def measure_with_loader(step, cfg, args, device: torch.device) -> dict:
 
 
 def bench_one(method: str, backbone: str, size: int, run: dict, args, device: torch.device) -> list[dict]:
-    base = {"method": method, "model": f"{backbone}@{size}", "batch": args.batch_size, **run}
-    rows = []
-    our_step, sizes, cfg = our_setup(method, backbone, size, args.batch_size, run, device)
+    base = {"method": method, "model": f"{backbone}@{size}", "engine": "ddp", "world_size": 1,
+            "batch": args.batch_size, **run}
+    try:
+        our_step, sizes, cfg, ours = our_setup(method, backbone, size, run, args, device)
+    except ValueError as err:  # a combination the trainer refuses (MAE on a ResNet): its one-line reason
+        print(f"  {method} on {backbone}: refused: {err}", flush=True)
+        return [{"impl": "ours", **base, "status": f"refused: {err}"}]
+    base.update(optim=cfg.optim.name, views=",".join(map(str, sizes)))
     views = synthetic_views(sizes, args.batch_size, device, run["channels_last"] and device.type == "cuda")
     plans = [
         ("ours", our_step),
-        ("lightly", lightly_setup(method, backbone, size, args.batch_size, run, device)),
-        ("ceiling", ceiling_setup(backbone, size, run, device)),
+        ("lightly", lambda: lightly_setup(method, cfg, ours, run, args, device)),
+        ("ceiling", lambda: ceiling_setup(cfg, run, device)),
     ]
+    rows = []
     for impl, step in plans:
         row = {"impl": impl, **base}
         try:
+            step = step if impl == "ours" else step()  # built in turn: one model in memory at a time
             row.update(
                 {"status": step}
                 if isinstance(step, str)
@@ -252,10 +230,10 @@ def bench_one(method: str, backbone: str, size: int, run: dict, args, device: to
         except torch.OutOfMemoryError:
             row["status"] = "out of memory"
         rows.append(row)
-        print(f"  {impl:9s} {base}: {row['status']} {row.get('img_per_s', '')}", flush=True)
-    if args.shards:
-        row = {"impl": f"ours+{args.backend}", **base, **measure_with_loader(our_step, cfg, args, device)}
-        rows.append(row)
+        print(f"  {impl:9s} {base}: {row['status']} {row.get('ms_median', '')} ms", flush=True)
+        if impl == "ours" and args.shards:
+            rows.append({**row, "impl": f"ours+{args.backend}", **measure_with_loader(our_step, cfg, args, device)})
+        step = None
     del views
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -263,10 +241,11 @@ def bench_one(method: str, backbone: str, size: int, run: dict, args, device: to
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """ours / ceiling and ours / lightly for each (method, model, precision, layout, compile)."""
+    """ours / ceiling and ours / lightly for each (method, model, engine, W, precision, layout, compile)."""
 
     def key(r):
-        return (r["method"], r["model"], r["precision"], r["channels_last"], r["compile"])
+        return (r["method"], r["model"], r["engine"], r["world_size"], r["precision"], r["channels_last"],
+                r["compile"])
 
     ok = {(key(r), r["impl"]): r["img_per_s"] for r in rows if r["status"] == "ok"}
     for r in rows:
@@ -286,43 +265,67 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", default="off", help="torch.compile: on, off or off,on")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--patch-size", type=int, default=4, help="px per patch of timm patch models (ViT)")
+    p.add_argument("--local-crops", type=int, default=2, help="DINO's multi-crop local views")
+    p.add_argument("--peer", type=Path, default=lightly_methods.PEER,
+                   help="the environment lightly is read from when this one lacks it (make bench-env)")
     p.add_argument(
         "--shards", type=Path, default=None, help="dataset folder: also time the step fed by the loader"
     )
     p.add_argument("--backend", default="dali", help="loader backend with --shards: dali | torch")
     p.add_argument("--workers", type=int, default=8, help="loader workers / DALI threads with --shards")
+    p.add_argument("--ranks", type=int, default=0, help="W > 1: also DDP and FSDP2 on W ranks (torchrun)")
+    p.add_argument("--rank-models", default="timm:vit_tiny_patch16_224@32,timm:vit_small_patch16_224@32",
+                   help="backbone@pixels for the --ranks rows")
+    p.add_argument("--rank-methods", default="mae,dino", help="methods for the --ranks rows")
+    p.add_argument("--note", default="", help="free text stored in the JSON's meta (the machine's state)")
     add_common_args(p)
     args = p.parse_args(argv)
     device = setup(args)
-    unknown = set(args.methods.split(",")) - set(METHODS)
+    unknown = set(args.methods.split(",") + args.rank_methods.split(",")) - set(METHODS)
     if unknown:
-        raise SystemExit(f"--methods: unknown {sorted(unknown)}; registered: {sorted(METHODS)}")
+        raise SystemExit(f"--methods / --rank-methods: unknown {sorted(unknown)}; registered: {sorted(METHODS)}")
     onoff = {"on": True, "off": False}
+    at_start = machine()
     rows = []
-    for model in args.models.split(","):
-        backbone, size = model.split("@")
-        for precision in args.precision.split(","):
+    for precision in args.precision.split(","):
+        for model in args.models.split(","):
+            backbone, size = model.split("@")
             for cl in args.channels_last.split(","):
                 for comp in args.compile.split(","):
                     run = {"precision": precision, "channels_last": onoff[cl], "compile": onoff[comp]}
                     for method in args.methods.split(","):
                         rows += bench_one(method, backbone, int(size), run, args, device)
+        if args.ranks > 1:
+            rows += engines.measure(args, precision, [
+                overrides(method, backbone, int(size), args.patch_size, args.local_crops)
+                for backbone, size in (m.split("@") for m in args.rank_models.split(","))
+                for method in args.rank_methods.split(",")
+            ])
     add_ratios(rows)
     meta = {
-        "what": "one training step on one device; img_per_s counts source images (B per step)",
+        "what": "one training step; img_per_s counts source images (B per device per step, all devices)",
         "views": "synthetic, already on the device, shaped by each method's ViewSpecs (ours+<backend>: real loader)",
-        "optimizer": "LARS (ours: trainer.optim; lightly: lightly.utils.lars), lr 0.3 x B/256",
+        "optimizer": "world_size 1: LARS (ours: trainer.optim; lightly: lightly.utils.lars), lr 0.3 x B/256; "
+                     "world_size W: the method's configs/methods layer with AdamW (FSDP2 refuses LARS)",
         "threads": torch.get_num_threads(),
-        "peak_memory": PeakMemory.METHOD[device.type],
+        "peak_memory": f"{PeakMemory.METHOD[device.type]}; world_size 1: during the timed steps, above the warm "
+                       "step's; world_size W: build and steps, the largest rank's",
+        "note": args.note,
+        "machine": at_start,
+        "loadavg_1m_at_end": loadavg(),
     }
     columns = [
         "impl",
         "method",
         "model",
+        "engine",
+        "world_size",
         "batch",
         "precision",
-        "channels_last",
         "compile",
+        "optim",
+        "views",
         "status",
         "ms_median",
         "img_per_s",
