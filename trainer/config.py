@@ -81,7 +81,7 @@ class EngineConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 on CUDA, fp32 on CPU
     sync_bn: bool = False
     compile: bool = False
-    channels_last: bool = True  # applied on CUDA only
+    channels_last: bool = True  # the weights' layout on CUDA under DDP (DeepSpeed keeps its weights' layout)
     dist_timeout_s: int = 600  # a rank that stops answering fails the job after this
 
 
