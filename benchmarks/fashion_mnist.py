@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shards", type=Path, default=REPO / "shards" / "fashion-mnist")
     p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "fashion_mnist_study",
                    help="runs, logs and the finished cells (cells/<cell>.json)")
-    p.add_argument("--fractions", default="0.01,0.1", help="label fractions of the label-efficiency rows")
+    p.add_argument("--fractions", default="0.01,0.1",
+                   help="label fractions of the label-efficiency rows; '' for none (kNN and linear only)")
     p.add_argument("--finetune-epochs", type=int, default=10,
                    help="fine-tune and scratch: most passes over the labels (early stopping may end sooner)")
     p.add_argument("--probe-epochs", type=int, default=30, help="all-labels linear probe: passes over the features")
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     device = setup(args)
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
-    args.fractions = [float(f) for f in args.fractions.split(",")]
+    args.fractions = [float(f) for f in args.fractions.split(",") if f]
     missing = [str(config_path(m)) for m in methods if not config_path(m).is_file()]
     if missing:
         raise SystemExit(f"--methods: no config {', '.join(missing)}")
