@@ -13,6 +13,7 @@ its row records "does not fit" with the estimate. Views are synthetic, fp32, on 
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 
@@ -60,10 +61,15 @@ def engine_step(args, device: torch.device, per_device: int, exact: bool):
 
 
 def measure(step, args, device: torch.device) -> dict:
+    """Peak memory of the first step (it also allocates the optimizer state), then wall time of
+    `args.steps` more; on the CPU also this process's CPU time per step, which other processes on a
+    shared core do not inflate as they do the wall time."""
     with PeakMemory(device) as peak:
-        step()  # the first step also allocates the optimizer state
+        step()
+    cpu = time.process_time()
     times = time_ms(step, device, repeats=args.steps, warmup=0)
-    return {"status": "ok", "peak_mb": peak.peak_mb, **summary(times)}
+    cpu_ms = {"cpu_ms_per_step": round((time.process_time() - cpu) * 1e3 / args.steps, 1)} if device.type == "cpu" else {}
+    return {"status": "ok", "peak_mb": peak.peak_mb, **summary(times), **cpu_ms}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             "machine": machine(),
             "threads": torch.get_num_threads(), "peak_memory": PeakMemory.METHOD[device.type],
             "plain_estimate": f"peak of one {micro}-image step x {args.accumulation}"}
-    print_table(rows, ["impl", "micro_batch", "status", "peak_mb", "estimated_peak_mb", "ms_median"])
+    print_table(rows, ["impl", "micro_batch", "status", "peak_mb", "estimated_peak_mb", "ms_median", "cpu_ms_per_step"])
     write_results("grad_cache", device, meta, rows, args.out_dir)
 
 
