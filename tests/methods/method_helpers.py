@@ -38,6 +38,12 @@ def tiny_method(name: str, *, image_size: int = 16, local_crops: int = 1, width:
     return cls(method_cfg, cfg.model, cfg.data.image_size), cls.views(method_cfg, cfg.data, cfg.aug)
 
 
+# The longest accumulation chain of a float64 gradient of a BN-free tiny_method(image_size=8, width=4,
+# head_dim=16) over a batch of at most 8: ~20 layers forward and backward, each a fan-in of at most
+# 9 x 32 and a batch reduction of at most 8 rows x 8 x 8 positions (tolerance.rounding_bound's length).
+TINY_CHAIN = 2 * 20 * (9 * 32 + 8 * 8 * 8)
+
+
 def random_batch(views: list[ViewSpec], n: int, seed: int = 0, dtype=torch.float32) -> Batch:
     gen = torch.Generator().manual_seed(seed)
     return Batch([torch.randn(n, 3, v.size, v.size, generator=gen, dtype=dtype) for v in views])

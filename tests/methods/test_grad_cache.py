@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from method_helpers import free_port, random_batch, tiny_method, without_batchnorm
+from method_helpers import TINY_CHAIN, free_port, random_batch, tiny_method, without_batchnorm
 from tolerance import rounding_bound
 
 from trainer.config import Config, EngineConfig, OptimConfig, TrainConfig
@@ -26,9 +26,6 @@ from trainer.types import Batch
 
 COUPLED = [name for name, cls in METHODS.items() if cls.couples_samples]
 GLOBAL_BATCH = 8
-# the longest accumulation chain of a float64 gradient: ~20 layers of a width-4 ResNet-18 at 8 px,
-# forward and backward, each a fan-in of at most 9 x 32 and a batch reduction of at most 8 x 8 x 8
-CHAIN = 2 * 20 * (9 * 32 + 8 * 8 * 8)
 
 
 def build(name):
@@ -100,10 +97,10 @@ def assert_equal_to_reference(got, want):
         (loss, grads), (ref_loss, ref_grads) = got[name], want[name]
         assert grads.keys() == ref_grads.keys(), name
         # the loss against its own size; gradients against the method's largest
-        torch.testing.assert_close(loss, ref_loss, rtol=0, atol=rounding_bound(torch.float64, ref_loss.abs().item(), CHAIN))
+        torch.testing.assert_close(loss, ref_loss, rtol=0, atol=rounding_bound(torch.float64, ref_loss.abs().item(), TINY_CHAIN))
         scale = max(g.abs().max().item() for g in ref_grads.values())
         for key, ref in ref_grads.items():
-            torch.testing.assert_close(grads[key], ref, rtol=0, atol=rounding_bound(torch.float64, scale, CHAIN),
+            torch.testing.assert_close(grads[key], ref, rtol=0, atol=rounding_bound(torch.float64, scale, TINY_CHAIN),
                                        msg=lambda m, k=f"{name} {key}": f"{k}: {m}")
 
 
