@@ -1,9 +1,11 @@
 """Run under `torchrun --nproc-per-node 2`: a few optimizer steps of every method with each engine.
 
-For each (method, engine) it records, per step, the loss averaged over ranks and the largest
-difference of any parameter between the ranks (the BYOL target included), and writes
-them as JSON to argv[1] (rank 0). Every rank feeds its own deterministic batches (per rank, step,
-micro-batch), two micro-batches per step (gradient accumulation) and clipping is active.
+For each (method, engine) it records, per step, the loss averaged over ranks, the largest difference
+of any parameter between the ranks (the BYOL target included) and how far the step moved the
+parameters (L2 norm of the change); for the DDP twin of a DeepSpeed run also how far apart their
+parameters are after each step (`weight_diff`). It writes them as JSON to argv[1] (rank 0). Every
+rank feeds its own deterministic batches (per rank, step, micro-batch), two micro-batches per step
+(gradient accumulation) and clipping is active.
 """
 
 from __future__ import annotations
@@ -42,9 +44,14 @@ def batches(n_views: int, size: int, rank: int, step: int, labels: bool) -> list
     return out
 
 
+def flat_parameters(module: torch.nn.Module) -> torch.Tensor:
+    """Every parameter (the BYOL target's too) in one float64 vector."""
+    return torch.cat([t.detach().double().flatten() for t in module.parameters()])
+
+
 def max_rank_difference(module: torch.nn.Module) -> float:
     """Over parameters (the BYOL target's too); BatchNorm running statistics are per rank by design."""
-    flat = torch.cat([t.detach().float().flatten() for t in module.parameters()])
+    flat = flat_parameters(module).float()
     parts = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, flat)
     return max((p - parts[0]).abs().max().item() for p in parts)
@@ -76,16 +83,25 @@ def main(out_path: str) -> None:
             if engine_name == "deepspeed":
                 runs.append(("ddp", cfg_ddp, make_plan(cfg_ddp.train, cfg_ddp.optim, cfg_ddp.engine, ctx.world_size,
                                                        ctx.device, num_samples=2 * STEPS * 16)))
+            weights = []  # the DeepSpeed run's parameters after each step, for its DDP twin's weight_diff
             for label, run_cfg, run_plan in runs:
                 seed_everything(0)
                 method = cls(run_cfg.method, run_cfg.model, run_cfg.data.image_size)
                 engine = build_engine(run_cfg.engine, run_cfg.optim, run_plan, method, ctx,
                                       nonfinite=run_cfg.train.nonfinite)
-                record = {"loss": [], "rank_diff": []}
+                record = {"loss": [], "rank_diff": [], "motion": [],
+                          "parameters": sum(p.numel() for p in engine.module.parameters())}
                 for step in range(STEPS):
                     micro = batches(len(views), views[0].size, ctx.global_rank, step, labels=False)
+                    before = flat_parameters(engine.module)
                     outputs = engine.step(micro, lr=run_plan.lr * (step + 1) / STEPS, step=step)
                     engine.module.after_step(step + 1, run_plan.total_steps)
+                    after = flat_parameters(engine.module)
+                    record["motion"].append((after - before).norm().item())
+                    if label == "deepspeed":
+                        weights.append(after)
+                    elif weights:
+                        record.setdefault("weight_diff", []).append((after - weights[step]).norm().item())
                     loss = torch.stack([o.loss.detach() for o in outputs]).mean()
                     dist.all_reduce(loss)
                     record["loss"].append(loss.item() / ctx.world_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from tolerance import rounding_bound
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,11 +37,23 @@ def test_ranks_hold_identical_parameters_after_every_step(results):
         assert max(record["rank_diff"]) == 0.0, key  # DDP/ZeRO broadcast the same update to every rank
 
 
+# The float32 rounding of one step's update relative to its size: the gradient's chain (~20 layers of a
+# width-8 ResNet-18 at 16 px, forward and backward, each a fan-in of at most 9 x 64 and a batch reduction
+# of at most 4 rows x 16 x 16), 2 micro-batches x 2 ranks summed, and the clipping norm over every parameter.
+UPDATE_CHAIN = 2 * 20 * (9 * 64 + 4 * 16 * 16) + 4
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [0, 1, 2])
 @pytest.mark.parametrize("method", ["simclr", "byol"])
 def test_deepspeed_matches_ddp(results, method, stage):
-    ds = results[f"{method}/deepspeed{stage}/deepspeed"]["loss"]
-    ddp = results[f"{method}/deepspeed{stage}/ddp"]["loss"]
-    assert ds == pytest.approx(ddp, rel=1e-4, abs=1e-5)
-    assert ds[0] != pytest.approx(ds[-1], rel=1e-6)  # the steps changed the weights (the test can fail)
+    ds, ddp = results[f"{method}/deepspeed{stage}/deepspeed"], results[f"{method}/deepspeed{stage}/ddp"]
+    assert ds["loss"][0] == ddp["loss"][0]  # the same weights and batches through the same float32 forward
+    # Each engine rounds each update within delta of its size (SGD's momentum and AdamW's moments carry
+    # relative errors over, they do not grow them), so after step k the parameters are within delta x the
+    # distance travelled so far (first order: a few steps of norm lr x clip barely bend the gradient).
+    delta = rounding_bound(torch.float32, 1.0, UPDATE_CHAIN + ddp["parameters"])
+    travelled = list(itertools.accumulate(ddp["motion"]))
+    assert len(ddp["weight_diff"]) == len(travelled) == 3 and min(ddp["motion"]) > 0  # the steps moved it
+    for step, (diff, far) in enumerate(zip(ddp["weight_diff"], travelled)):
+        assert diff <= delta * far, f"step {step}: parameters {diff:.3g} apart, bound {delta * far:.3g}"
