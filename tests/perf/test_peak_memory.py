@@ -20,8 +20,9 @@ def test_peak_memory_counts_a_tensor_and_leaves_freed_memory_reusable():
     cpu = torch.device("cpu")
     with PeakMemory(cpu) as peak:
         torch.ones(64 * MIB // 4)  # 64 MiB written, then freed
-    # the tensor's pages, plus allocator slack and interpreter noise well under one such tensor
-    assert 64 <= peak.peak_mb < 2 * 64
+    # the tensor's pages, give or take what the rest of the process (earlier tests' garbage, allocator
+    # slack) frees or touches meanwhile, well under a tenth of it
+    assert 0.9 * 64 <= peak.peak_mb < 1.1 * 64
     for _ in range(50):  # 4 MiB tensors: the heap grows to hold them once, faulting its new pages in
         torch.ones(MIB)
     before = minor_faults()
