@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from tolerance import rounding_bound
 
 from trainer.eval.cli import main as eval_main
 from trainer.eval.export import main as export_main
@@ -64,7 +65,10 @@ def test_knn_one_rank_equals_two_ranks(run_dir):
     two = json.loads((run_dir / "eval" / "knn.json").read_text())
     gathered = torch.load(feature_cache_path(run_dir, "train"))
     assert torch.equal(gathered["labels"], cached["labels"]) and gathered["key"] == cached["key"]
-    torch.testing.assert_close(gathered["features"], cached["features"], rtol=1e-4, atol=1e-5)
+    # per-sample features (eval-mode BatchNorm) in float32 from batches of another size, which BLAS may sum
+    # in another order: the backbone's chain, ~20 layers of a width-8 ResNet-18 each a fan-in of <= 9 x 64
+    bound = rounding_bound(torch.float32, cached["features"].abs().max().item(), 20 * 9 * 64)
+    torch.testing.assert_close(gathered["features"], cached["features"], rtol=0, atol=bound)
     assert one["top1"] == two["top1"] and 0.0 <= one["top1"] <= 1.0
     assert one["train_samples"] == len(cached["labels"]) and one["k"] == 20  # the demo config's eval.knn_k
 
