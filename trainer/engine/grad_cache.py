@@ -4,16 +4,14 @@ Gao, Zhang, Han, Callan, "Scaling Deep Contrastive Learning Batch Size under Mem
 RepL4NLP 2021. With A micro-batches per step, a loss computed per micro-batch sees 1/A of the global
 batch: NT-Xent 1/A of the negatives, VICReg's variance and covariance 1/A of the rows, so summing
 those losses is not the loss of the global batch. Instead (for `method.couples_samples`):
-  1. embed every micro-batch but the first without a graph, saving each one's RNG state (CPU and
-     CUDA); the first keeps its graph, since its re-forward would recompute it exactly;
+  1. embed every micro-batch without a graph, saving each one's RNG state (CPU and CUDA);
   2. concatenate the embeddings on dim 0 and compute the loss over them (its own all-gather makes it
      the whole global batch) and its gradient with respect to the embeddings only;
-  3. re-run each other micro-batch's forward from its saved RNG state (dropout, drop-path and masks
-     draw the same) and back-propagate every micro-batch's slice of the cached gradients, through the
+  3. re-run each micro-batch's forward from its saved RNG state (dropout, drop-path and masks draw
+     the same) and back-propagate that micro-batch's slice of the cached gradients, through the
      engine's own backward (DDP's no_sync before the last, DeepSpeed's accumulation boundary).
 The loss and every parameter gradient then equal those of one step on the whole batch. Memory: one
-micro-batch's activations plus every micro-batch's embeddings; compute: (A - 1) / A of an extra
-forward, and the loss over the whole batch (at 2 x 4096 NT-Xent rows on a CPU, ~0.09 of the step).
+micro-batch's activations plus every micro-batch's embeddings; compute: one extra forward.
 
 BatchNorm still normalizes each micro-batch with that micro-batch's statistics (over every rank's
 micro-batch under SyncBN, never over the A micro-batches), as plain accumulation does; its running
@@ -74,13 +72,13 @@ def gradient_cache_step(method: nn.Module, batches: list[Batch], *,
     micro-batch: the whole batch's loss and metrics, with that micro-batch's rows of `features`.
     """
     states, parts = [], []
-    for i, batch in enumerate(batches):
-        states.append(_rng_state(device))
-        with no_sync(0) if i == 0 else torch.no_grad():
+    with torch.no_grad():
+        for batch in batches:
+            states.append(_rng_state(device))
             parts.append(embed(batch))
     # at least float32: the cached gradients are unscaled, and fp16 would flush small ones to zero
-    embeddings = [torch.cat([e.detach() for e in p]).to(torch.promote_types(p[0].dtype, torch.float32))
-                  .requires_grad_() for p in zip(*parts)]
+    embeddings = [torch.cat(p).to(torch.promote_types(p[0].dtype, torch.float32)).requires_grad_()
+                  for p in zip(*parts)]
     with autocast():
         out = method.loss(embeddings, concatenate(batches))
     grads = torch.autograd.grad(out.loss, embeddings, allow_unused=True)
@@ -90,12 +88,9 @@ def gradient_cache_step(method: nn.Module, batches: list[Batch], *,
     sizes = [len(p[0]) for p in parts]
     slices = [g.split(sizes) if g is not None else [None] * len(sizes) for g in grads]
     for i, (batch, state) in enumerate(zip(batches, states)):
+        _set_rng_state(state, device)
         with no_sync(i):
-            if i == 0:
-                again = parts[0]
-            else:
-                _set_rng_state(state, device)
-                again = embed(batch)
+            again = embed(batch)
             surrogate = sum((e.to(s[i].dtype) * s[i]).sum() for e, s in zip(again, slices)
                             if s[i] is not None and e.requires_grad)
             backward(i, surrogate)
