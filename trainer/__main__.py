@@ -34,6 +34,19 @@ def check_image_size(cfg: Config) -> None:
                           f"{stored[0]}x{stored[1]} px images of {cfg.data.shards}")
 
 
+MIN_CPU_WIDTH = 8
+
+
+def check_cpu_width(cfg: Config) -> None:
+    """Refuse a ResNet narrower than 8 channels that will train on the CPU: torch 2.14's CPU backward of the
+    1x1 stride-2 shortcut convolution on the loaders' channels_last input corrupts memory (an abort, or worse)."""
+    import torch
+
+    if cfg.model.backbone.startswith("resnet") and cfg.model.width < MIN_CPU_WIDTH and not torch.cuda.is_available():
+        raise ConfigError(f"'model.width' = {cfg.model.width}: must be >= {MIN_CPU_WIDTH} on the CPU (torch's CPU "
+                          "backward of a 1x1 stride-2 convolution on channels_last input corrupts memory below that)")
+
+
 def train_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer train", description=__doc__)
     parser.add_argument("--config", required=True, help="YAML file (may list _base_ layers)")
@@ -44,6 +57,7 @@ def train_main(argv: list[str]) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         check_image_size(cfg)
+        check_cpu_width(cfg)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

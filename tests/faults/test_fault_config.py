@@ -24,6 +24,8 @@ BAD_VALUES = [
     ("train.name=/tmp/outside", "'train.name' = '/tmp/outside'"),
     ("train.name=../victim", "'train.name' = '../victim'"),
     ("train.name=${oc.env:HF_TOKEN}", "environment interpolation is not allowed"),
+    # CI has no GPU: on the CPU a ResNet under 8 channels would abort in torch's conv backward (__main__.py)
+    ("model.width=4", "'model.width' = 4: must be >= 8 on the CPU"),
 ]
 
 

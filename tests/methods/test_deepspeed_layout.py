@@ -1,7 +1,7 @@
 """DeepSpeed keeps the weights' memory format: `deepspeed.initialize` broadcasts every parameter viewed
 as bytes (`p.data.view(torch.uint8)`, deepspeed 0.19), which a channels_last weight refuses, so the
-engine lays out only the inputs channels_last (the loaders do, on CUDA) and must never convert the
-module, on the CPU or on CUDA, where `engine.channels_last` is on by default."""
+engine lays out only the inputs channels_last (the loaders do) and must never convert the module, on
+the CPU or on CUDA, where `engine.channels_last` is on by default."""
 
 from __future__ import annotations
 

@@ -44,8 +44,8 @@ class DeepSpeedEngine:
             method = convert_sync_batchnorm(method, ctx.device)
         # the weights keep their memory format whatever engine.channels_last says: initialize broadcasts
         # every parameter viewed as bytes, which a channels_last weight refuses (deepspeed 0.19;
-        # tests/methods/test_deepspeed_layout.py); on CUDA the loaders hand over channels_last inputs, which
-        # the convolutions follow
+        # tests/methods/test_deepspeed_layout.py); the loaders hand over channels_last inputs, which the
+        # convolutions follow
         self.module = method.to(ctx.device)
         self.optimizer = build_optimizer(optim, method.parameter_groups(), plan.lr)
         self.ds, _, _, _ = deepspeed.initialize(model=MethodEntry(self.module), optimizer=self.optimizer,
