@@ -19,6 +19,8 @@ images/s counts source images (B per device per step, all devices), whatever the
     python -m benchmarks.step --models resnet18@32 --batch-size 8 --steps 2 --warmup 1 --out-dir /tmp/bench
     python -m benchmarks.step --models timm:vit_tiny_patch16_224@32 --methods dino,mocov3   # patch 4 px
     python -m benchmarks.step --models resnet18@32 --methods simclr --ranks 2 --threads 1   # + DDP/FSDP2 rows
+    python -m benchmarks.step --config configs/fashion_mnist_simclr.yaml --models resnet18@28 --methods simclr \
+        --precision fp32 --channels-last off --compile off,on --threads 1                  # width 16, small stem
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def our_setup(name: str, backbone: str, size: int, run: dict, args, device: torc
     """Our method inside our engine (DDP engine, one process: AMP, the method's optimizer, compile,
     channels_last as configured): (step(batch), view sizes, config, the method module)."""
     cfg = load_config(
-        None,
+        args.config,
         [
             *overrides(name, backbone, size, args.patch_size, args.local_crops),
             f"train.global_batch_size={args.batch_size}",
@@ -259,6 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="resnet18@96,resnet50@224", help="backbone@pixels, comma-separated")
     p.add_argument("--methods", default=",".join(METHODS), help="registered method names, comma-separated")
+    p.add_argument("--config", type=Path, default=None,
+                   help="experiment config the world-size-1 rows start from (its model.width, small_stem, aug ...); "
+                        "--models, --methods, --batch-size and the run options still override it")
     p.add_argument("--batch-size", type=int, default=256, help="images per device per step")
     p.add_argument("--precision", default="fp32,bf16", help="fp32 and/or bf16 (autocast)")
     p.add_argument("--channels-last", default="on", help="on, off or on,off")
