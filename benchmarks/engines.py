@@ -4,9 +4,10 @@ rank; by default ViT-Tiny/Small with MAE, and DINO with its EMA teacher).
 `measure` starts `torchrun --nproc-per-node W` on this file's worker with a job file (each row's config
 overrides, the batch, the timing); each (config, engine) is built, warmed up and timed in turn in the same
 processes. A config is the method's `configs/methods` layer with AdamW (FSDP2 refuses LARS) and B images
-per rank. Peak memory per rank is measured around the build and the steps (CUDA: max_memory_allocated;
+per rank. Peak memory per rank is measured around the build and the first step (CUDA: max_memory_allocated;
 CPU: growth of peak RSS, see common.PeakMemory), so it holds parameters, gradients, optimizer state and
-activations: what sharding divides.
+activations: what sharding divides. The warmup and timed steps come after it, outside PeakMemory, whose
+pinned mmap threshold slows CPU steps ~2.5x.
 
     python -m benchmarks.step --models resnet18@32 --methods simclr --ranks 2 --batch-size 16 --threads 1
 """
@@ -26,6 +27,12 @@ from benchmarks.common import PeakMemory, summary, sync
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ("ddp", "fsdp2")
+
+
+def train_step(engine, batch, plan, step: int) -> None:
+    engine.module.before_step(step, plan.total_steps)
+    engine.step([batch], plan.lr, step)
+    engine.module.after_step(step + 1, plan.total_steps)
 
 
 def worker(job: dict) -> list[dict]:
@@ -62,23 +69,22 @@ def worker(job: dict) -> list[dict]:
             batch = Batch([torch.randn(plan.per_device_batch_size, 3, v.size, v.size, generator=g).to(ctx.device)
                            for v in views])
             torch.manual_seed(0)
-            times = []
             try:
                 with PeakMemory(ctx.device) as peak:
                     engine = build_engine(cfg.engine, cfg.optim, plan,
                                           METHODS[method](cfg.method, cfg.model, cfg.data.image_size), ctx,
                                           nonfinite=cfg.train.nonfinite)
-                    for step in range(job["warmup"] + job["steps"]):
-                        sync(ctx.device)
-                        start = time.perf_counter()
-                        engine.module.before_step(step, plan.total_steps)
-                        engine.step([batch], plan.lr, step)
-                        engine.module.after_step(step + 1, plan.total_steps)
-                        sync(ctx.device)
-                        times.append((time.perf_counter() - start) * 1e3)
+                    train_step(engine, batch, plan, 0)
             except ValueError as err:  # refused on every rank alike (FSDP2 and BatchNorm): its one-line reason
                 rows.append({**row, "status": f"refused: {err}"})
                 continue
+            times = []
+            for step in range(1, 1 + job["warmup"] + job["steps"]):
+                sync(ctx.device)
+                start = time.perf_counter()
+                train_step(engine, batch, plan, step)
+                sync(ctx.device)
+                times.append((time.perf_counter() - start) * 1e3)
             peaks = [None] * ctx.world_size
             dist.all_gather_object(peaks, peak.peak_mb)
             s = summary(times[job["warmup"]:])
