@@ -10,7 +10,8 @@ then scored by trainer.eval: weighted kNN and the linear probe on all train labe
 fraction the SSL linear probe, SSL fine-tune and the same network from scratch. Fine-tune and scratch
 get the same budget in epochs over their labels (`--finetune-epochs`, FitConfig.epochs) and the same
 early stopping (validated at most once an epoch on a held-out 10% of the train split). The `pixels` cell is the raw-pixel reference:
-the same kNN and scikit-learn's logistic regression on the eval-view pixels.
+the same kNN and scikit-learn's logistic regression on the eval-view pixels; `random_init_<method>` scores
+the first method's network with random weights the same way (what pretraining must add to).
 
 Each cell writes <work-dir>/cells/<cell>.json when it finishes, and a rerun skips cells whose file
 exists, so the study runs in pieces. After every cell the finished cells are gathered into
@@ -151,6 +152,21 @@ def pixels_cell(data: Data) -> dict:
             "linear": pixel_logistic_regression(data.train, data.test)["top1"]}
 
 
+def random_init_cell(data: Data, config: Path, args: argparse.Namespace, device: torch.device) -> dict:
+    """The reference an encoder must beat besides pixels: `config`'s network with random weights (seed 0),
+    scored by the same kNN and all-labels linear probe."""
+    cfg = load_config(config, [f"data.shards={args.shards}", *args.overrides])
+    backbone = fresh_backbone(cfg.model, cfg.data.image_size, 0)[0].to(device).eval()
+    with torch.no_grad():
+        train_f, test_f = (torch.cat([backbone(x[i:i + 512].to(device)).cpu() for i in range(0, len(x), 512)])
+                           for x in (data.train[0], data.test[0]))
+    (_, train_y), (_, test_y) = data.train, data.test
+    linear, _ = linear_probe((train_f, train_y), (test_f, test_y), data.num_classes,
+                             all_labels_probe(len(train_y), args.probe_epochs), device, 0)
+    return {"knn": knn_top1(train_f, train_y, test_f, test_y, cfg, data.num_classes), "linear": linear["top1"],
+            "config": config.name}
+
+
 def gather(cells_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(cells_dir.glob("*.json"))]
 
@@ -203,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     cells_dir.mkdir(parents=True, exist_ok=True)
     reference = load_config(config_path(methods[0]), [f"data.shards={args.shards}", *args.overrides])
     data = None
-    todo = [("pixels", None, None)] + [(f"{m}_s{s}_{args.budget_minutes:g}min", m, s) for m in methods for s in seeds]
+    todo = [("pixels", None, None), (f"random_init_{methods[0]}", "random", None)]
+    todo += [(f"{m}_s{s}_{args.budget_minutes:g}min", m, s) for m in methods for s in seeds]
     for cell, method, seed in todo:
         if (cells_dir / f"{cell}.json").is_file():
             print(f"{cell}: done before, skipped")
@@ -213,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         if method is None:
             result = {"cell": cell, **pixels_cell(data)}
+        elif method == "random":
+            result = {"cell": cell, **random_init_cell(data, config_path(methods[0]), args, device)}
         else:
             run_dir, run = pretrain(method, seed, 60 * args.budget_minutes, args)
             result = {"cell": cell, "method": method, "seed": seed, "budget_minutes": args.budget_minutes, **run,

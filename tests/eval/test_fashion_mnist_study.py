@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from test_monitoring import float64_knn_accuracy
 
 from benchmarks.fashion_mnist import main as study_main
 from trainer.dist import DistContext
+from trainer.eval.encoder import fresh_backbone
 from trainer.eval.features import split_images
 from trainer.registry import load_config
 
@@ -31,7 +33,7 @@ def test_study_cells_results_and_rerun(tmp_path, capsys):
     study_main(argv)
     result = next((tmp_path / "out").glob("fashion_mnist_*.json"))
     rows = {r["cell"]: r for r in json.loads(result.read_text())["rows"]}
-    assert set(rows) == {"pixels", "simclr_s0_0.05min"}
+    assert set(rows) == {"pixels", "random_init_simclr", "simclr_s0_0.05min"}
     cell = rows["simclr_s0_0.05min"]
     assert cell["steps"] == max(1, math.floor(3.0 / cell["calibrated_s_per_step"]))  # 0.05 min = 3 s
     assert all(0.0 <= cell[k] <= 1.0 for k in ("knn", "linear")) and cell["pretrain_wall_s"] > 0
@@ -45,6 +47,11 @@ def test_study_cells_results_and_rerun(tmp_path, capsys):
     (x, y), (xt, yt) = (split_images(cfg.data, s, DistContext(), 64) for s in ("train", "test"))
     assert rows["pixels"]["knn"] == pytest.approx(float64_knn_accuracy(x, y, xt, yt, 10, cfg.eval.knn_temperature),
                                                   abs=1 / len(yt) + 1e-9)  # one test image: a float-order tie
+    net = fresh_backbone(cfg.model, cfg.data.image_size, 0)[0].eval()
+    with torch.no_grad():
+        f, ft = net(x), net(xt)
+    assert rows["random_init_simclr"]["knn"] == pytest.approx(
+        float64_knn_accuracy(f, y, ft, yt, 10, cfg.eval.knn_temperature), abs=1 / len(yt) + 1e-9)
     with Image.open(result.with_suffix(".png")) as chart:
         chart.verify()
 
@@ -52,5 +59,5 @@ def test_study_cells_results_and_rerun(tmp_path, capsys):
     stamps = {p.name: p.stat().st_mtime_ns for p in cells.iterdir()}
     capsys.readouterr()
     study_main(argv)
-    assert capsys.readouterr().out.count("done before, skipped") == 2
+    assert capsys.readouterr().out.count("done before, skipped") == 3
     assert {p.name: p.stat().st_mtime_ns for p in cells.iterdir()} == stamps
