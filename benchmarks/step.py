@@ -161,15 +161,21 @@ def measure_synthetic(step, views: list, batch: int, args, device: torch.device)
     """Median step time over args.steps steps after args.warmup, then the peak memory of one more step
     above what the warm step holds (parameters, optimizer state: allocated in the warmup). The peak is
     taken apart from the timed steps: on the CPU PeakMemory pins glibc's mmap threshold, which makes
-    every large tensor a fresh mapping and the step ~2.5x slower."""
+    every large tensor a fresh mapping and the step ~2.5x slower. On the CPU also this process's CPU
+    time per timed step, which other processes on a shared core do not inflate as they do the wall time."""
     data = Batch(views=views)
-    times = time_ms(lambda: step(data), device, args.steps, warmup=args.warmup)
+    for _ in range(args.warmup):
+        step(data)
+    cpu = time.process_time()
+    times = time_ms(lambda: step(data), device, args.steps, warmup=0)
+    cpu_ms = {"cpu_ms_per_step": round((time.process_time() - cpu) * 1e3 / args.steps, 1)} if device.type == "cpu" else {}
     with PeakMemory(device) as mem:
         step(data)
     s = summary(times)
     return {
         "status": "ok",
         **s,
+        **cpu_ms,
         "img_per_s": round(batch / (s["ms_median"] / 1e3), 1),
         "peak_mb": mem.peak_mb,
     }
@@ -334,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         "views",
         "status",
         "ms_median",
+        "cpu_ms_per_step",
         "img_per_s",
         "peak_mb",
         "vs_ceiling",
