@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.models import EMA
+from trainer.optim import cosine
 from trainer.types import Batch, MethodOutput
 
 
@@ -99,3 +101,20 @@ def trainable_groups(**modules: nn.Module) -> list[dict]:
         if params:
             groups.append({"name": name, "params": params})
     return groups
+
+
+def against_targets(loss_fn, online: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
+    """BYOL's and MoCo v3's symmetrized loss: for each target view g (the momentum encoder's global views),
+    the mean of loss_fn(online[a], targets[g]) over the online views a != g, summed over g. With two views
+    this is loss(p1, t2) + loss(p2, t1); multi-crop's local views add online predictions only."""
+    return sum(torch.stack([loss_fn(online[a], t) for a in range(len(online)) if a != g]).mean()
+               for g, t in enumerate(targets))
+
+
+def momentum_update(step: int, total_steps: int, tau_base: float, *pairs: tuple[EMA, nn.Module]) -> dict:
+    """The EMA step of BYOL, MoCo v3 and DINO after optimizer step `step`: every (EMA, source) pair moves
+    with tau on a cosine from tau_base to 1 over `total_steps` (Grill et al. 2020, section 3.2)."""
+    tau = cosine(step, start=tau_base, end=1.0, total_steps=total_steps)
+    for target, source in pairs:
+        target.update(source, tau)
+    return {"tau": tau}

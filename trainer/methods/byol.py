@@ -12,10 +12,9 @@ import torch
 
 from trainer.config import AugConfig, DataConfig, ModelConfig
 from trainer.losses import byol_loss
-from trainer.methods.base import Method, collapse_metrics
+from trainer.methods.base import Method, against_targets, collapse_metrics, momentum_update
 from trainer.methods.recipes import asymmetric_views, local_views
 from trainer.models import EMA, build_backbone, mlp
-from trainer.optim import cosine
 from trainer.types import Batch, MethodOutput, ViewSpec
 
 
@@ -67,16 +66,10 @@ class BYOL(Method):
     def loss(self, embeddings: list[torch.Tensor], batch: Batch) -> MethodOutput:
         features, z0, *rest = embeddings
         p, targets = rest[:-2], rest[-2:]
-        others = range(len(p))
-        loss = sum(
-            torch.stack([byol_loss(p[a], t) for a in others if a != g]).mean() for g, t in enumerate(targets)
-        )
+        loss = against_targets(byol_loss, p, targets)
         metrics = {"byol": loss.detach(), **collapse_metrics(z0)}
         return MethodOutput(loss, metrics, features.detach())
 
     def after_step(self, step: int, total_steps: int) -> dict[str, float]:
-        """EMA update after optimizer step `step` of `total_steps`: tau on a cosine from tau_base to 1."""
-        tau = cosine(step, start=self.cfg.tau_base, end=1.0, total_steps=total_steps)
-        self.target_backbone.update(self.backbone, tau)
-        self.target_projector.update(self.projector, tau)
-        return {"tau": tau}
+        return momentum_update(step, total_steps, self.cfg.tau_base, (self.target_backbone, self.backbone),
+                               (self.target_projector, self.projector))

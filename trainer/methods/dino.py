@@ -15,7 +15,7 @@ from torch import nn
 
 from trainer.config import AugConfig, DataConfig, ModelConfig
 from trainer.losses import dino_loss
-from trainer.methods.base import Method, collapse_metrics, trainable_groups
+from trainer.methods.base import Method, collapse_metrics, momentum_update, trainable_groups
 from trainer.methods.recipes import asymmetric_views, local_views
 from trainer.models import EMA, build_backbone, mlp
 from trainer.optim import cosine
@@ -131,8 +131,5 @@ class DINO(Method):
             self.head.last_layer.weight.grad = None
 
     def after_step(self, step: int, total_steps: int) -> dict[str, float]:
-        """Teacher update after optimizer step `step` of `total_steps`: tau on a cosine from tau_base to 1."""
-        tau = cosine(step, start=self.cfg.tau_base, end=1.0, total_steps=total_steps)
-        self.teacher_backbone.update(self.backbone, tau)
-        self.teacher_head.update(self.head, tau)
-        return {"tau": tau}
+        return momentum_update(step, total_steps, self.cfg.tau_base, (self.teacher_backbone, self.backbone),
+                               (self.teacher_head, self.head))

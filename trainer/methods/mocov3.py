@@ -14,10 +14,9 @@ from torch import nn
 
 from trainer.config import AugConfig, DataConfig, ModelConfig
 from trainer.losses import moco_v3_loss
-from trainer.methods.base import Method, collapse_metrics
+from trainer.methods.base import Method, against_targets, collapse_metrics, momentum_update
 from trainer.methods.recipes import asymmetric_views, local_views
 from trainer.models import EMA, build_backbone, mlp
-from trainer.optim import cosine
 from trainer.types import Batch, MethodOutput, ViewSpec
 
 
@@ -72,14 +71,10 @@ class MoCoV3(Method):
     def loss(self, embeddings: list[torch.Tensor], batch: Batch) -> MethodOutput:
         features, *rest = embeddings
         q, k = rest[:-2], rest[-2:]
-        loss = sum(torch.stack([moco_v3_loss(q[a], key, self.temperature) for a in range(len(q)) if a != g]).mean()
-                   for g, key in enumerate(k))
+        loss = against_targets(lambda a, b: moco_v3_loss(a, b, self.temperature), q, k)
         metrics = {"moco_v3": loss.detach(), **collapse_metrics(q[0])}
         return MethodOutput(loss, metrics, features.detach())
 
     def after_step(self, step: int, total_steps: int) -> dict[str, float]:
-        """Momentum update after optimizer step `step` of `total_steps`: tau on a cosine from tau_base to 1."""
-        tau = cosine(step, start=self.cfg.tau_base, end=1.0, total_steps=total_steps)
-        self.momentum_backbone.update(self.backbone, tau)
-        self.momentum_projector.update(self.projector, tau)
-        return {"tau": tau}
+        return momentum_update(step, total_steps, self.cfg.tau_base, (self.momentum_backbone, self.backbone),
+                               (self.momentum_projector, self.projector))
