@@ -15,10 +15,17 @@ import os
 import re
 import statistics
 import time
+import weakref
 from pathlib import Path
 from typing import ClassVar
 
 import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import (
+    TorchDispatchMode,
+    is_traceable_wrapper_subclass,
+    is_traceable_wrapper_subclass_type,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -146,6 +153,97 @@ class PeakMemory:
             libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
         self.peak_mb = round(peak - self.base, 1)
         return False
+
+
+class LiveTensors(TorchDispatchMode):
+    """Live tensor bytes on `device` inside the `with` block: every storage an op creates there, counted
+    from its first appearance until it is freed, plus the storages already alive in the modules
+    (parameters, buffers, gradients) and optimizers (state) handed in; each storage once, the peak taken
+    after every op. Tensor subclasses (FSDP2's DTensor) are counted by their local shards, and a storage
+    resized in place (FSDP2 frees its gathered parameters with `resize_(0)`) at its new size.
+
+    `peak_mb` is the most alive at any moment (what a step needs), `state_mb` what is still alive on exit
+    (what the run keeps between steps: parameters, optimizer state, gradient buffers). Unlike the resident
+    set this does not depend on what the allocator kept from earlier work: measured one after the other in
+    one process, FSDP2's peak RSS growth read above DDP's or below it depending on which engine ran first.
+    On CUDA it counts what max_memory_allocated counts, less the caching allocator's rounding. (torch's own
+    MemTracker does this too, but it hooks every parameter of a forward and fails on a frozen EMA teacher.)
+    """
+
+    def __init__(self, device: torch.device, *tracked):
+        super().__init__()
+        self.device, self.tracked = device, tracked
+        self.live: dict[int, int] = {}
+        self.current = self.peak_bytes = self.state_bytes = 0
+
+    @property
+    def peak_mb(self) -> float:
+        return round(self.peak_bytes / 2**20, 1)
+
+    @property
+    def state_mb(self) -> float:
+        return round(self.state_bytes / 2**20, 1)
+
+    def _add(self, t) -> None:
+        if not isinstance(t, torch.Tensor):
+            return
+        if is_traceable_wrapper_subclass(t):
+            for name in t.__tensor_flatten__()[0]:
+                self._add(getattr(t, name))
+            return
+        if t.device.type != self.device.type or t.is_meta:
+            return
+        storage = t.untyped_storage()
+        if id(storage) not in self.live:
+            self.live[id(storage)] = 0
+            weakref.finalize(storage, self._drop, id(storage))
+        self._resized(storage)
+
+    def _resized(self, storage) -> None:
+        """A storage's bytes now (ops and FSDP2's resize_ to 0 and back change them in place)."""
+        if id(storage) in self.live:
+            self.current += storage.nbytes() - self.live[id(storage)]
+            self.live[id(storage)] = storage.nbytes()
+
+    def _drop(self, key: int) -> None:
+        self.current -= self.live.pop(key, 0)
+
+    def _resize_(self, storage, size):
+        out = self._storage_resize(storage, size)
+        self._resized(storage)
+        self.peak_bytes = max(self.peak_bytes, self.current)
+        return out
+
+    def __enter__(self):
+        for obj in self.tracked:
+            if isinstance(obj, torch.optim.Optimizer):
+                for state in obj.state.values():
+                    for value in state.values():
+                        self._add(value)
+            else:
+                for tensor in [*obj.parameters(), *obj.buffers()]:
+                    self._add(tensor)
+                    self._add(tensor.grad)
+        self.peak_bytes = self.current
+        self._storage_resize = torch.UntypedStorage.resize_
+        torch.UntypedStorage.resize_ = lambda storage, size: self._resize_(storage, size)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        torch.UntypedStorage.resize_ = self._storage_resize
+        gc.collect()
+        self.state_bytes = self.current
+        return False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if any(is_traceable_wrapper_subclass_type(t) for t in types):
+            return NotImplemented  # let the subclass run its local ops, then count those
+        out = func(*args, **(kwargs or {}))
+        for t in pytree.tree_leaves(out):
+            self._add(t)
+        self.peak_bytes = max(self.peak_bytes, self.current)
+        return out
 
 
 def free_memory_mb(device: torch.device) -> float:

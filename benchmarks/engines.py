@@ -4,10 +4,11 @@ rank; by default ViT-Tiny/Small with MAE, and DINO with its EMA teacher).
 `measure` starts `torchrun --nproc-per-node W` on this file's worker with a job file (each row's config
 overrides, the batch, the timing); each (config, engine) is built, warmed up and timed in turn in the same
 processes. A config is the method's `configs/methods` layer with AdamW (FSDP2 refuses LARS) and B images
-per rank. Peak memory per rank is measured around the build and the first step (CUDA: max_memory_allocated;
-CPU: growth of peak RSS, see common.PeakMemory), so it holds parameters, gradients, optimizer state and
-activations: what sharding divides. The warmup and timed steps come after it, outside PeakMemory, whose
-pinned mmap threshold slows CPU steps ~2.5x.
+per rank. Memory per rank is counted in live tensor bytes over one more step after the timed ones
+(common.LiveTensors, on every device): `peak_mb` is what a step needs (parameters, gradients, optimizer
+state, activations, the engines' gather buffers), `state_mb` what stays between steps, which is what
+sharding divides. The resident set is not used: it depends on what the allocator kept from the engine
+measured before (FSDP2's RSS growth read above DDP's or below it depending on which ran first).
 
     python -m benchmarks.step --models resnet18@32 --methods simclr --ranks 2 --batch-size 16 --threads 1
 """
@@ -23,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import PeakMemory, summary, sync
+from benchmarks.common import LiveTensors, summary, sync
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ("ddp", "fsdp2")
@@ -70,27 +71,27 @@ def worker(job: dict) -> list[dict]:
                            for v in views])
             torch.manual_seed(0)
             try:
-                with PeakMemory(ctx.device) as peak:
-                    engine = build_engine(cfg.engine, cfg.optim, plan,
-                                          METHODS[method](cfg.method, cfg.model, cfg.data.image_size), ctx,
-                                          nonfinite=cfg.train.nonfinite)
-                    train_step(engine, batch, plan, 0)
+                engine = build_engine(cfg.engine, cfg.optim, plan,
+                                      METHODS[method](cfg.method, cfg.model, cfg.data.image_size), ctx,
+                                      nonfinite=cfg.train.nonfinite)
             except ValueError as err:  # refused on every rank alike (FSDP2 and BatchNorm): its one-line reason
                 rows.append({**row, "status": f"refused: {err}"})
                 continue
             times = []
-            for step in range(1, 1 + job["warmup"] + job["steps"]):
+            for step in range(job["warmup"] + job["steps"]):
                 sync(ctx.device)
                 start = time.perf_counter()
                 train_step(engine, batch, plan, step)
                 sync(ctx.device)
                 times.append((time.perf_counter() - start) * 1e3)
-            peaks = [None] * ctx.world_size
-            dist.all_gather_object(peaks, peak.peak_mb)
+            with LiveTensors(ctx.device, engine.module, engine.optimizer) as live:
+                train_step(engine, batch, plan, len(times))
+            memory = [None] * ctx.world_size
+            dist.all_gather_object(memory, (live.peak_mb, live.state_mb))
             s = summary(times[job["warmup"]:])
             rows.append({**row, "status": "ok", **s,
                          "img_per_s": round(cfg.train.global_batch_size / (s["ms_median"] / 1e3), 1),
-                         "peak_mb": max(peaks),
+                         "peak_mb": max(m[0] for m in memory), "state_mb": max(m[1] for m in memory),
                          "params_m": round(sum(p.numel() for p in engine.module.parameters()) / 1e6, 2)})
             if ctx.is_main:
                 print(f"  ours      {row}: ok {s['ms_median']} ms", flush=True)

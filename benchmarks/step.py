@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
                      "world_size W: the method's configs/methods layer with AdamW (FSDP2 refuses LARS)",
         "threads": torch.get_num_threads(),
         "peak_memory": f"{PeakMemory.METHOD[device.type]}; world_size 1: one step after the timed ones, above "
-                       "the warm step's; world_size W: build and first step, the largest rank's",
+                       "the warm step's; world_size W: live tensor bytes (torch MemTracker) of one step after the "
+                       "timed ones, peak_mb during it and state_mb kept after it, the largest rank's",
         "note": args.note,
         "machine": at_start,
         "loadavg_1m_at_end": loadavg(),
@@ -343,6 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         "cpu_ms_per_step",
         "img_per_s",
         "peak_mb",
+        "state_mb",
         "vs_ceiling",
         "vs_lightly",
         "data_wait_frac",
