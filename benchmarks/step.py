@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
                      "world_size W: the method's configs/methods layer with AdamW (FSDP2 refuses LARS)",
         "threads": torch.get_num_threads(),
         "peak_memory": f"{PeakMemory.METHOD[device.type]}; world_size 1: one step after the timed ones, above "
-                       "the warm step's; world_size W: live tensor bytes (torch MemTracker) of one step after the "
+                       "the warm step's; world_size W: live tensor bytes (common.LiveTensors) of one step after the "
                        "timed ones, peak_mb during it and state_mb kept after it, the largest rank's",
         "note": args.note,
         "machine": at_start,
