@@ -171,6 +171,35 @@ def gather(cells_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(cells_dir.glob("*.json"))]
 
 
+SCORES = ("knn", "linear")
+LABEL_SCORES = ("ssl_linear", "ssl_finetune", "scratch")
+
+
+def over_seeds(rows: list[dict]) -> list[dict]:
+    """Mean and spread (sample standard deviation) of every score of each (method, budget) pretrained with
+    more than one seed: the numbers to quote for it, since one seed's differ by about a point."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in rows:
+        if "seed" in r:
+            groups.setdefault((r["method"], r["budget_minutes"]), []).append(r)
+
+    def spread(values: list[float]) -> dict:
+        return {"mean": statistics.fmean(values), "stdev": statistics.stdev(values)}
+
+    out = []
+    for (method, budget), cells in sorted(groups.items()):
+        if len(cells) < 2:
+            continue
+        entry = {"method": method, "budget_minutes": budget, "seeds": sorted(c["seed"] for c in cells),
+                 **{k: spread([c[k] for c in cells]) for k in (*SCORES, "steps")}}
+        fractions = sorted({le["fraction"] for c in cells for le in c.get("label_efficiency", [])})
+        entry["label_efficiency"] = [
+            {"fraction": f, **{k: spread([le[k] for c in cells for le in c["label_efficiency"] if le["fraction"] == f])
+                               for k in LABEL_SCORES}} for f in fractions]
+        out.append(entry)
+    return out
+
+
 def chart(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -243,6 +272,9 @@ def main(argv: list[str] | None = None) -> None:
         write_study(cells_dir, args, device)
     rows = write_study(cells_dir, args, device)
     print_table(rows, ["cell", "knn", "linear", "steps", "epochs", "pretrain_wall_s", "cell_wall_s"])
+    for s in over_seeds(rows):
+        print(f"{s['method']}, {s['budget_minutes']:g} min, seeds {s['seeds']}: " + ", ".join(
+            f"{k} {100 * s[k]['mean']:.1f} +- {100 * s[k]['stdev']:.1f}" for k in SCORES))
 
 
 def write_study(cells_dir: Path, args: argparse.Namespace, device: torch.device) -> list[dict]:
@@ -250,7 +282,7 @@ def write_study(cells_dir: Path, args: argparse.Namespace, device: torch.device)
     rows = gather(cells_dir)
     meta = {"what": __doc__.split("\n")[0], "shards": str(args.shards), "threads": torch.get_num_threads(),
             "machine": machine()}
-    path = write_results("fashion_mnist", device, meta, rows, args.out_dir)
+    path = write_results("fashion_mnist", device, meta, rows, args.out_dir, over_seeds=over_seeds(rows))
     chart(rows, path.with_suffix(".png"))
     return rows
 

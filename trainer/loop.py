@@ -113,6 +113,7 @@ def run(cfg: Config, ctx: DistContext, lock: contextlib.ExitStack) -> int:
     step = position.step
     window_start = time.perf_counter()
     window_steps = 0
+    collapse_warned = False
     for epoch in range(position.epoch, plan.epochs):
         first = position.step_in_epoch if epoch == position.epoch else 0
         # start_step counts micro-batches: the data position within the epoch, for exact resume
@@ -157,6 +158,11 @@ def run(cfg: Config, ctx: DistContext, lock: contextlib.ExitStack) -> int:
                     values["time/step"] = elapsed / window_steps
                     values["images_per_s"] = plan.global_batch_size * window_steps / elapsed
                     values["nonfinite_skipped"] = float(nonfinite)
+                    sign = engine.module.collapse_sign(values)
+                    values["collapse"] = float(sign is not None)
+                    if sign and not collapse_warned:
+                        log.info(f"warning: step {step}: {sign}")
+                        collapse_warned = True
                     if ctx.device.type == "cuda":
                         values["gpu/max_memory_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
                     log.scalars(step, epoch, values)

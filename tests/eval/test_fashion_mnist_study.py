@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from test_monitoring import float64_knn_accuracy
 
+from benchmarks import fashion_mnist as study
 from benchmarks.fashion_mnist import main as study_main
 from trainer.dist import DistContext
 from trainer.eval.encoder import fresh_backbone
@@ -61,3 +63,24 @@ def test_study_cells_results_and_rerun(tmp_path, capsys):
     study_main(argv)
     assert capsys.readouterr().out.count("done before, skipped") == 3
     assert {p.name: p.stat().st_mtime_ns for p in cells.iterdir()} == stamps
+
+
+def test_over_seeds_gives_mean_and_sample_spread_per_method_and_budget():
+    """Against numpy's float64 mean and ddof=1 std; single-seed groups and the reference cells left out."""
+    def cell(method, seed, budget, knn, finetune):
+        return {"cell": f"{method}_s{seed}_{budget:g}min", "method": method, "seed": seed, "budget_minutes": budget,
+                "knn": knn, "linear": knn + 0.01, "steps": 100 + seed,
+                "label_efficiency": [{"fraction": 0.01, "ssl_linear": knn - 0.1, "ssl_finetune": finetune,
+                                      "scratch": 0.7}]}
+    knn, finetune = [0.81, 0.84, 0.86], [0.75, 0.79, 0.78]
+    rows = [{"cell": "pixels", "knn": 0.857, "linear": 0.838},
+            *(cell("simclr", s, 60.0, k, f) for s, k, f in zip((2, 0, 1), knn, finetune, strict=True)),
+            cell("simclr", 0, 20.0, 0.82, 0.79), cell("byol", 0, 60.0, 0.72, 0.73)]
+    (summary,) = study.over_seeds(rows)
+    assert (summary["method"], summary["budget_minutes"], summary["seeds"]) == ("simclr", 60.0, [0, 1, 2])
+    for key, values in (("knn", knn), ("linear", [k + 0.01 for k in knn]), ("steps", [102, 100, 101])):
+        assert summary[key]["mean"] == pytest.approx(np.mean(values), abs=1e-12)
+        assert summary[key]["stdev"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+    (row,) = summary["label_efficiency"]
+    assert row["fraction"] == 0.01 and row["scratch"] == {"mean": pytest.approx(0.7), "stdev": pytest.approx(0.0)}
+    assert row["ssl_finetune"]["stdev"] == pytest.approx(np.std(finetune, ddof=1), abs=1e-12)

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from method_helpers import VIT, random_batch, tiny_method
 
 from trainer.config import Config, EngineConfig, ModelConfig, OptimConfig, TrainConfig
@@ -62,6 +63,22 @@ def test_dino_schedules_by_step():
         assert method.last_layer_frozen == (step < 2)  # 1% of 200 steps
     tau = method.after_step(50, total)["tau"]
     assert tau == pytest.approx(1 - 0.004 * (math.cos(math.pi * 50 / total) + 1) / 2)
+
+
+def test_dino_use_bn_puts_batchnorm_in_the_hidden_layers_of_both_heads():
+    """The authors' DINOHead(use_bn=True): Linear-BN-GELU twice, then the bottleneck Linear; the teacher's
+    running statistics are the student's after each EMA step (copied, as every EMA buffer)."""
+    method, views = tiny_method("dino", overrides=("method.use_bn=true",))
+    layout = [type(m) for m in method.head.mlp]
+    assert layout == [nn.Linear, nn.BatchNorm1d, nn.GELU, nn.Linear, nn.BatchNorm1d, nn.GELU, nn.Linear]
+    assert [type(m) for m in method.teacher_head.module.mlp] == layout
+    plain, _ = tiny_method("dino")
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in plain.head.mlp)
+    method(random_batch(views, 8))  # train mode: the student's running statistics move
+    student_bn, teacher_bn = method.head.mlp[1], method.teacher_head.module.mlp[1]
+    assert not torch.equal(student_bn.running_mean, teacher_bn.running_mean)
+    method.after_step(1, 10)
+    assert torch.equal(student_bn.running_mean, teacher_bn.running_mean)
 
 
 def test_dino_freezes_its_last_layer_in_the_engine_and_schedules_weight_decay():

@@ -90,3 +90,16 @@ def test_two_gloo_ranks_and_deepspeed(shards, name):
     proc = train(cfg, f"train.name={name}_ds", "train.max_steps=2", "engine.name=deepspeed", "optim.name=sgd")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert sorted(metrics(shards / "runs" / f"{name}_ds")) == [1, 2]
+
+
+@pytest.mark.slow
+def test_the_loop_warns_once_when_dino_collapses(shards):
+    """Teacher temperatures of 1000 flatten the targets to uniform over the 32 prototypes (the cosines
+    the head emits are within +-2 of the center) from the first step: the loop says so once, naming
+    the step and the metric, and logs collapse = 1 in every window."""
+    proc = train(config(shards, "dino"), "train.name=dino_collapsed", "method.teacher_temp=1000",
+                 "method.warmup_teacher_temp=1000")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: step 1: teacher_entropy"), warnings
+    assert [row["collapse"] for row in metrics(shards / "runs" / "dino_collapsed").values()] == [1.0] * 4

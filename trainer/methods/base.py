@@ -22,6 +22,8 @@ and, with defaults here (so a method writes only what it uses):
   before_optimizer_step(step)                  after backward, before optimizer.step (DINO's freeze);
                                                a method whose hook edits .grad sets `edits_gradients`
   after_step(step, total_steps) -> dict        after optimizer step `step` (1-based): the EMA update
+  collapse_sign(metrics) -> str | None         a logged window's averaged metrics -> a sentence naming the
+                                               sign of collapse they show, or None; the loop warns once
   images(batch) -> dict[str, list[Tensor]]     pictures of what the method does, normalized like the views
                                                (MAE: original, masked, reconstructed); logged at each save
 The loop calls before_step/after_step, the engine before_optimizer_step and images; the dicts of the
@@ -63,6 +65,14 @@ class Method(nn.Module):
 
     def after_step(self, step: int, total_steps: int) -> dict[str, float]:
         return {}
+
+    def collapse_sign(self, metrics: dict[str, float]) -> str | None:
+        """Complete collapse: view 0's embeddings span about one direction (`z_rank` < 2 of up to
+        min(B, d)), so every image looks the same to the loss."""
+        rank = metrics.get("z_rank")
+        if rank is not None and rank < 2:
+            return f"z_rank {rank:.2f} < 2: the embeddings span about one direction (complete collapse)"
+        return None
 
     def images(self, batch: Batch) -> dict[str, list[torch.Tensor]]:
         return {}

@@ -7,6 +7,7 @@ facebookresearch/dino main_dino.py and vision_transformer.py (`DINOHead`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,7 @@ class DINOConfig:
     tau_base: float = 0.996  # teacher EMA decay, raised to 1 on a cosine over training
     freeze_last_layer: float = 0.01  # fraction of training with the last layer frozen (1 of 100 epochs)
     weight_decay_end: float = 0.4  # weight decay follows a cosine from optim.weight_decay (0.04) to this
+    use_bn: bool = False  # BatchNorm in the head's hidden layers (the authors' use_bn_in_head; for ResNets)
 
 
 class NormalizedLinear(nn.Module):
@@ -51,11 +53,12 @@ class NormalizedLinear(nn.Module):
 
 
 class DINOHead(nn.Module):
-    """MLP [D, hidden, hidden, bottleneck] with GELU and no BatchNorm, L2-normalize, NormalizedLinear."""
+    """MLP [D, hidden, hidden, bottleneck] with GELU (BatchNorm after each hidden Linear if `bn`),
+    L2-normalize, NormalizedLinear."""
 
-    def __init__(self, d: int, hidden: int, bottleneck: int, out: int):
+    def __init__(self, d: int, hidden: int, bottleneck: int, out: int, bn: bool = False):
         super().__init__()
-        self.mlp = mlp([d, hidden, hidden, bottleneck], bn=False, activation=nn.GELU)
+        self.mlp = mlp([d, hidden, hidden, bottleneck], bn=bn, activation=nn.GELU)
         for m in self.mlp:
             if isinstance(m, nn.Linear):  # the authors' init
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -89,7 +92,7 @@ class DINO(Method):
             raise ValueError("method.student_temp, method.teacher_temp and method.warmup_teacher_temp must be > 0")
         self.cfg = cfg
         self.backbone, self.feature_dim = build_backbone(model, image_size)
-        self.head = DINOHead(self.feature_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim)
+        self.head = DINOHead(self.feature_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim, cfg.use_bn)
         # trained by after_step only: no gradient, so parameter_groups leaves them out
         self.teacher_backbone = EMA(self.backbone)
         self.teacher_head = EMA(self.head)
@@ -120,6 +123,15 @@ class DINO(Method):
         metrics = {"dino": terms.loss.detach(), "teacher_entropy": terms.teacher_entropy.detach(),
                    **collapse_metrics(features)}
         return MethodOutput(terms.loss, metrics, features.detach())
+
+    def collapse_sign(self, metrics: dict[str, float]) -> str | None:
+        """DINO's own collapse (the paper, section 5.3): the centering wins over the sharpening and the
+        teacher's targets turn uniform, perplexity exp(teacher_entropy) >= 90% of the out_dim prototypes."""
+        entropy, uniform = metrics.get("teacher_entropy"), math.log(self.cfg.out_dim)
+        if entropy is not None and entropy >= uniform + math.log(0.9):
+            return (f"teacher_entropy {entropy:.3f} of log(out_dim) = {uniform:.3f}: the teacher's targets are "
+                    "uniform (DINO collapse; on a ResNet try method.use_bn=true, or a lower method.teacher_temp)")
+        return super().collapse_sign(metrics)
 
     def parameter_groups(self) -> list[dict]:
         groups = trainable_groups(backbone=self.backbone, head=self.head)
