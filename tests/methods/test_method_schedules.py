@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from torch import nn
 from method_helpers import VIT, random_batch, tiny_method
+from torch import nn
 
 from trainer.config import Config, EngineConfig, ModelConfig, OptimConfig, TrainConfig
 from trainer.dist import DistContext
