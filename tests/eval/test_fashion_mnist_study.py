@@ -39,6 +39,9 @@ def test_study_cells_results_and_rerun(tmp_path, capsys):
     cell = rows["simclr_s0_0.05min"]
     assert cell["steps"] == max(1, math.floor(3.0 / cell["calibrated_s_per_step"]))  # 0.05 min = 3 s
     assert all(0.0 <= cell[k] <= 1.0 for k in ("knn", "linear")) and cell["pretrain_wall_s"] > 0
+    logged = [json.loads(line) for line in (tmp_path / "work" / "runs" / "simclr_s0_0.05min" / "metrics.jsonl")
+              .read_text().splitlines()]
+    assert cell["collapse_step"] == next((r["step"] for r in logged if r["collapse"] == 1.0), None)
     (row,) = cell["label_efficiency"]
     per_epoch = row["labeled_samples"] // min(32, row["labeled_samples"])  # FitConfig.epochs: whole batches
     # fine-tune and scratch share one budget in epochs over their labels (early stopping may end sooner)
