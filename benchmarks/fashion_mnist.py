@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -65,11 +66,13 @@ def train(config: Path, overrides: list[str], log: Path) -> None:
         raise RuntimeError(f"{config}: training exited {done.returncode}; see {log}")
 
 
-def seconds_per_step(config: Path, overrides: list[str], run_root: Path, steps: int) -> float:
+def seconds_per_step(config: Path, overrides: list[str], run_root: Path, steps: int, cell: str) -> float:
     """Median of the trainer's own `time/step` over a short run of the same config, first window
-    (start-up, first batches) dropped."""
+    (start-up, first batches) dropped. Measured afresh for every cell, under the load it will run with:
+    a calibration folder left from before would resume at its last step and hand back its old times."""
     window = max(1, steps // 3)
-    name = f"calibrate_{config.stem}"
+    name = f"calibrate_{cell}"
+    shutil.rmtree(run_root / name, ignore_errors=True)
     train(config, [*overrides, f"train.run_root={run_root}", f"train.name={name}", f"train.max_steps={steps}",
                    f"train.log_every={window}", f"train.ckpt_every={steps}", "train.knn_every=0"],
           run_root / f"{name}.log")
@@ -82,9 +85,9 @@ def pretrain(method: str, seed: int, budget_s: float, args: argparse.Namespace) 
     overrides = [f"data.shards={args.shards}", f"train.seed={seed}", *args.overrides]
     run_root = args.work_dir / "runs"
     run_root.mkdir(parents=True, exist_ok=True)
-    per_step = seconds_per_step(config, overrides, run_root, args.calibration_steps)
-    steps = max(1, math.floor(budget_s / per_step))
     name = f"{method}_s{seed}_{args.budget_minutes:g}min"
+    per_step = seconds_per_step(config, overrides, run_root, args.calibration_steps, name)
+    steps = max(1, math.floor(budget_s / per_step))
     started = time.perf_counter()
     train(config, [*overrides, f"train.run_root={run_root}", f"train.name={name}", f"train.max_steps={steps}",
                    "train.knn_every=0"], run_root / f"{name}.log")

@@ -3,6 +3,7 @@ project's eval, written as they finish, skipped on a rerun, gathered into the re
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,17 @@ def test_study_cells_results_and_rerun(tmp_path, capsys):
         float64_knn_accuracy(f, y, ft, yt, 10, cfg.eval.knn_temperature), abs=1 / len(yt) + 1e-9)
     with Image.open(result.with_suffix(".png")) as chart:
         chart.verify()
+
+    calibration = tmp_path / "work" / "runs" / "calibrate_simclr_s0_0.05min" / "metrics.jsonl"
+    times = [json.loads(line)["time/step"] for line in calibration.read_text().splitlines()]
+    assert cell["calibrated_s_per_step"] == statistics.median(times[1:])  # 3 windows of 1 step, the first dropped
+    # a calibration left from before (its checkpoint at the last step) is measured again, not resumed:
+    # with its times poisoned, a resumed one would return them
+    calibration.write_text("".join(json.dumps({"step": s, "time/step": 1e6}) + "\n" for s in (1, 2, 3)))
+    cfg_path = REPO / "configs" / "fashion_mnist_simclr.yaml"
+    again = study.seconds_per_step(cfg_path, [f"data.shards={shards}", *tiny], tmp_path / "work" / "runs", 3,
+                                   "simclr_s0_0.05min")
+    assert again < 1e6 and len(calibration.read_text().splitlines()) == 3
 
     cells = tmp_path / "work" / "cells"
     stamps = {p.name: p.stat().st_mtime_ns for p in cells.iterdir()}
