@@ -92,7 +92,7 @@ def pretrain(method: str, seed: int, budget_s: float, args: argparse.Namespace) 
     train(config, [*overrides, f"train.run_root={run_root}", f"train.name={name}", f"train.max_steps={steps}",
                    "train.knn_every=0"], run_root / f"{name}.log")
     cfg = load_config(config, overrides)
-    logged = [json.loads(line) for line in (run_root / name / "metrics.jsonl").read_text().splitlines()]
+    logged = read_metrics(run_root / name / "metrics.jsonl")
     return run_root / name, {"steps": steps, "calibrated_s_per_step": per_step,
                              "pretrain_wall_s": round(time.perf_counter() - started, 1),
                              "epochs": round(steps * cfg.train.global_batch_size / args.train_samples, 2),
