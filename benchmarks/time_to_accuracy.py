@@ -16,6 +16,10 @@ on both alike. A turn's wall time runs from SIGCONT until that turn's weights ap
 both encoders: the project's weighted kNN (eval.knn_k, eval.knn_temperature) on the test split over
 features of the train split, through the same deterministic eval view.
 
+With --ranks R, ours runs as R gloo processes under torchrun (DDP, SyncBN so BatchNorm sees the whole
+batch as the peer's one process does), the --threads split between them; the peer keeps one process with
+all --threads. A turn freezes and resumes every process group of the tree (torchrun gives each rank its own).
+
 time_to_accuracy_ratio = ours' cumulative wall time at the first turn whose kNN reaches lightly's final
 kNN / lightly's total wall time (null when ours never reaches it). JSON: results/time_to_accuracy_<device>_<date>.json.
 """
@@ -101,8 +105,28 @@ def time_to_accuracy_ratio(ours: list[dict], peer: list[dict]) -> dict:
             "time_to_accuracy_ratio": None if reached is None else round(reached / peer[-1]["cum_wall_s"], 3)}
 
 
+def process_groups(root: int) -> list[int]:
+    """The process groups of `root` and all its descendants (from /proc): torchrun starts each rank in a
+    session of its own, so signalling root's group alone would leave the ranks running."""
+    parent, group = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # exited while we looked
+            continue
+        fields = text[text.rfind(")") + 2:].split()
+        pid = int(stat.parent.name)
+        parent[pid], group[pid] = int(fields[1]), int(fields[2])
+    tree, frontier = {root}, [root]
+    while frontier:
+        children = [pid for pid, ppid in parent.items() if ppid in frontier and pid not in tree]
+        tree.update(children)
+        frontier = children
+    return sorted({group[pid] for pid in tree if pid in group})
+
+
 class Turns:
-    """One implementation's process, run one turn at a time: `turn(path)` resumes it, waits until
+    """One implementation's process tree, run one turn at a time: `turn(path)` resumes it, waits until
     `path` exists, freezes it again and returns the seconds it ran."""
 
     def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str]):
@@ -110,11 +134,25 @@ class Turns:
         self.log_file = log.open("w")
         self.proc = subprocess.Popen(argv, cwd=REPO, stdout=self.log_file, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
+        self.groups = [self.proc.pid]
+        self._signal(signal.SIGSTOP)
+
+    def _signal(self, sig: int) -> None:
+        for group in self.groups:
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:  # a rank that has already exited
+                pass
+
+    def freeze(self) -> None:
+        """Stop the root's group first (so it starts no more ranks), then every group below it."""
         os.killpg(self.proc.pid, signal.SIGSTOP)
+        self.groups = process_groups(self.proc.pid)
+        self._signal(signal.SIGSTOP)
 
     def turn(self, artifact: Path) -> float:
         start = time.perf_counter()
-        os.killpg(self.proc.pid, signal.SIGCONT)
+        self._signal(signal.SIGCONT)
         while not artifact.exists():
             if self.proc.poll() not in (None, 0):
                 raise RuntimeError(f"{self.name} exited {self.proc.returncode} before writing {artifact}; "
@@ -122,13 +160,15 @@ class Turns:
             time.sleep(POLL_S)
         elapsed = time.perf_counter() - start
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGSTOP)
+            self.freeze()
         return elapsed
 
     def finish(self, completed: bool) -> None:
-        """Let a completed job exit by itself; end an interrupted one (its whole process group)."""
+        """Let a completed job exit by itself; end an interrupted one (every group of its tree)."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGCONT if completed else signal.SIGKILL)
+            if not completed:
+                self.groups = [self.proc.pid, *process_groups(self.proc.pid)]
+            self._signal(signal.SIGCONT if completed else signal.SIGKILL)
             self.proc.wait(timeout=120)
         self.log_file.close()
 
@@ -178,16 +218,26 @@ def run(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], dic
     (work / "peer").mkdir(parents=True, exist_ok=True)
     (work / "peer" / "params.json").write_text(json.dumps(params, indent=1))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    peer_env = dict(env)
     if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)  # the same intra-op threads in both processes
+        peer_env["OMP_NUM_THREADS"] = str(args.threads)
+        env["OMP_NUM_THREADS"] = str(max(1, args.threads // args.ranks))  # the same threads in all
     ours_dir = work / "runs" / "ours"
-    ours = Turns("ours", [sys.executable, "-m", "trainer", "train", "--config", str(args.config), *overrides,
+    launcher = [sys.executable, "-m", "trainer"]
+    ours_overrides = []
+    if args.ranks > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                    str(args.ranks), "-m", "trainer"]
+        # BatchNorm over the whole batch, as in the peer's one process; a collective may wait out the
+        # peer's turn and the scoring while its ranks are frozen
+        ours_overrides = ["engine.sync_bn=true", "engine.dist_timeout_s=7200"]
+    ours = Turns("ours", [*launcher, "train", "--config", str(args.config), *overrides, *ours_overrides,
                           f"train.run_root={work / 'runs'}", "train.name=ours", f"train.ckpt_every={every}",
                           f"train.keep_last={total // every}", "train.knn_every=0", "train.progress=false"],
                  work / "ours.log", env)
     peer = Turns("lightly", [str(args.peer_python), str(REPO / "benchmarks" / "peer_lightly.py"),
                              "--params", str(work / "peer" / "params.json"), "--out", str(work / "peer")],
-                 work / "lightly.log", env)
+                 work / "lightly.log", peer_env)
     scorer = Scorer(cfg, device)
     rows, curves = [], {"ours": [], "lightly": []}
     completed = False
@@ -228,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="the interpreter of the peer environment (make bench-env)")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/sslscale_time_to_accuracy"),
                    help="runs, the exported ImageFolder tree, the peer's weights and both logs")
+    p.add_argument("--ranks", type=int, default=1,
+                   help="ours as this many gloo processes (torchrun, DDP + SyncBN), --threads split between them")
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile (goes in the JSON)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the config, applied to both")
     add_common_args(p)
@@ -242,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
           f"ours {summary['ours_time_to_target_s']} s, lightly {summary['lightly_wall_s']} s)")
     meta = {"what": "same SimCLR job, ours vs lightly's parts, taking turns; kNN after each turn",
             "config": str(args.config), "overrides": args.overrides, "epochs": args.epochs,
-            "max_steps": args.max_steps, "params": params,
+            "max_steps": args.max_steps, "params": params, "ours_ranks": args.ranks,
             "machine": machine(), "threads": args.threads or torch.get_num_threads(),
             "other_load": args.note or "not noted; loadavg_1m per turn in the rows",
             "total_s_with_scoring": round(time.perf_counter() - started, 1)}

@@ -4,6 +4,7 @@ environment exists (`make bench-env`), a tiny end-to-end run on digits."""
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import webdataset as wds
 from PIL import Image
 
 from benchmarks.peer_lightly import resnet18
-from benchmarks.time_to_accuracy import Turns, export_imagefolder, time_to_accuracy_ratio
+from benchmarks.time_to_accuracy import Turns, export_imagefolder, process_groups, time_to_accuracy_ratio
 from trainer.config import ModelConfig
 from trainer.models import build_backbone
 
@@ -104,15 +105,60 @@ def test_a_turn_runs_until_its_artifact_then_freezes_the_process(tmp_path):
     assert turns.proc.returncode == -signal.SIGKILL
 
 
+def _alive(pid: int) -> bool:
+    """Running or stopped, not exited (a zombie awaiting its reaper counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_turn_freezes_descendants_in_sessions_of_their_own(tmp_path):
+    # torchrun starts each rank with start_new_session=True: a grandchild outside the root's group
+    ticks, artifact, pid_file = tmp_path / "ticks", tmp_path / "done", tmp_path / "pid"
+    grandchild = ("import time, pathlib\n"
+                  f"t, a = pathlib.Path({str(ticks)!r}), pathlib.Path({str(artifact)!r})\n"
+                  "for i in range(10**6):\n"
+                  "    t.write_text(str(i))\n"
+                  "    if i == 20: a.touch()\n"
+                  "    time.sleep(0.01)\n")
+    child = ("import subprocess, sys, pathlib\n"
+             f"g = subprocess.Popen([sys.executable, '-c', {grandchild!r}], start_new_session=True)\n"
+             f"pathlib.Path({str(pid_file)!r}).write_text(str(g.pid))\n"
+             "g.wait()\n")
+    turns = Turns("tree", [sys.executable, "-c", child], tmp_path / "tree.log", env={})
+    try:
+        wall = turns.turn(artifact)
+        assert wall >= 0.2
+        pid = int(pid_file.read_text())
+        assert os.getpgid(pid) != turns.proc.pid  # its own group: killpg(root) alone would miss it
+        assert process_groups(turns.proc.pid) == sorted({turns.proc.pid, os.getpgid(pid)}) == turns.groups
+        time.sleep(0.1)
+        frozen_at = ticks.read_text()
+        time.sleep(0.3)
+        assert ticks.read_text() == frozen_at  # the grandchild is frozen too
+        artifact.unlink()
+        turns._signal(signal.SIGCONT)  # resumed: it ticks on
+        time.sleep(0.3)
+        assert int(ticks.read_text()) > int(frozen_at)
+    finally:
+        turns.finish(completed=False)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)  # an interrupted job leaves no rank behind
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not PEER_PYTHON.is_file(), reason="no peer environment: make bench-env")
-def test_end_to_end_on_tiny_digits(tmp_path):
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_end_to_end_on_tiny_digits(tmp_path, ranks):
     def run(*argv):
         subprocess.run([sys.executable, *argv], check=True, cwd=REPO, capture_output=True, text=True, timeout=280)
 
     run("-m", "data_prep", "digits", "--out", str(tmp_path / "shards"), "--size", "16", "--max-samples", "200")
     run("-m", "benchmarks.time_to_accuracy", "--config", "configs/demo_digits_simclr.yaml", "--epochs", "2",
-        "--threads", "1", "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out"),
+        "--threads", str(ranks), "--ranks", str(ranks), "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out"),
         f"data.shards={tmp_path / 'shards' / 'digits'}", "data.image_size=16", "model.width=8",
         "train.global_batch_size=64", "data.workers=0")
     doc = json.loads(next((tmp_path / "out").glob("time_to_accuracy_*.json")).read_text())
@@ -122,3 +168,5 @@ def test_end_to_end_on_tiny_digits(tmp_path):
     peer = [r for r in doc["rows"] if r["impl"] == "lightly"]
     assert doc["time_to_accuracy_ratio"] == time_to_accuracy_ratio(ours, peer)["time_to_accuracy_ratio"]
     assert doc["meta"]["params"]["batch_size"] == 64 and doc["meta"]["machine"]["cores"] >= 1
+    plan = json.loads((tmp_path / "work" / "ours.log").read_text().splitlines()[0].removeprefix("plan: "))
+    assert (plan["world_size"], plan["per_device_batch_size"], doc["meta"]["ours_ranks"]) == (ranks, 64 // ranks, ranks)
