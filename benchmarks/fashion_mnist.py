@@ -2,6 +2,7 @@
 
     python -m benchmarks.fashion_mnist --budget-minutes 20 --methods simclr,byol,vicreg,rotnet --seeds 0
     python -m benchmarks.fashion_mnist --budget-minutes 60 --methods simclr --seeds 0,1,2
+    python -m benchmarks.fashion_mnist --budget-minutes 20 --methods simclr --threads 2 --ranks 2   # 2 cores, DDP
 
 A cell is (method, seed, budget): `configs/fashion_mnist_<method>.yaml` pretrained with `train.max_steps`
 set so the run fits the budget (seconds per step measured first by a short calibration run of the same
@@ -55,18 +56,25 @@ def config_path(method: str) -> Path:
     return CONFIGS / f"fashion_mnist_{method}.yaml"
 
 
-def train(config: Path, overrides: list[str], log: Path) -> None:
-    """`python -m trainer train` in its own process, with this process's torch threads (OMP_NUM_THREADS)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+def train(config: Path, overrides: list[str], log: Path, ranks: int = 1) -> None:
+    """`python -m trainer train` in its own process with this process's torch threads (OMP_NUM_THREADS), or
+    as `ranks` gloo processes under torchrun sharing them, with SyncBN so BatchNorm still sees the whole
+    batch (the same recipe as one process)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // ranks))}
+    launcher = [sys.executable, "-m", "trainer"]
+    if ranks > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
+                    "-m", "trainer"]
+        overrides = [*overrides, "engine.sync_bn=true"]
     with log.open("a") as out:
-        done = subprocess.run([sys.executable, "-m", "trainer", "train", "--config", str(config), *overrides,
-                               "train.progress=false"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env,
-                              check=False)
+        done = subprocess.run([*launcher, "train", "--config", str(config), *overrides, "train.progress=false"],
+                              cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{config}: training exited {done.returncode}; see {log}")
 
 
-def seconds_per_step(config: Path, overrides: list[str], run_root: Path, steps: int, cell: str) -> float:
+def seconds_per_step(config: Path, overrides: list[str], run_root: Path, steps: int, cell: str,
+                     ranks: int = 1) -> float:
     """Median of the trainer's own `time/step` over a short run of the same config, first window
     (start-up, first batches) dropped. Measured afresh for every cell, under the load it will run with:
     a calibration folder left from before would resume at its last step and hand back its old times."""
@@ -75,9 +83,13 @@ def seconds_per_step(config: Path, overrides: list[str], run_root: Path, steps: 
     shutil.rmtree(run_root / name, ignore_errors=True)
     train(config, [*overrides, f"train.run_root={run_root}", f"train.name={name}", f"train.max_steps={steps}",
                    f"train.log_every={window}", f"train.ckpt_every={steps}", "train.knn_every=0"],
-          run_root / f"{name}.log")
+          run_root / f"{name}.log", ranks)
     times = [r["time/step"] for r in read_metrics(run_root / name / "metrics.jsonl") if "time/step" in r]
     return statistics.median(times[1:] or times)
+
+
+def cell_name(method: str, seed: int, args: argparse.Namespace) -> str:
+    return f"{method}_s{seed}_{args.budget_minutes:g}min" + (f"_{args.ranks}ranks" if args.ranks > 1 else "")
 
 
 def pretrain(method: str, seed: int, budget_s: float, args: argparse.Namespace) -> tuple[Path, dict]:
@@ -85,12 +97,12 @@ def pretrain(method: str, seed: int, budget_s: float, args: argparse.Namespace) 
     overrides = [f"data.shards={args.shards}", f"train.seed={seed}", *args.overrides]
     run_root = args.work_dir / "runs"
     run_root.mkdir(parents=True, exist_ok=True)
-    name = f"{method}_s{seed}_{args.budget_minutes:g}min"
-    per_step = seconds_per_step(config, overrides, run_root, args.calibration_steps, name)
+    name = cell_name(method, seed, args)
+    per_step = seconds_per_step(config, overrides, run_root, args.calibration_steps, name, args.ranks)
     steps = max(1, math.floor(budget_s / per_step))
     started = time.perf_counter()
     train(config, [*overrides, f"train.run_root={run_root}", f"train.name={name}", f"train.max_steps={steps}",
-                   "train.knn_every=0"], run_root / f"{name}.log")
+                   "train.knn_every=0"], run_root / f"{name}.log", args.ranks)
     cfg = load_config(config, overrides)
     logged = read_metrics(run_root / name / "metrics.jsonl")
     return run_root / name, {"steps": steps, "calibrated_s_per_step": per_step,
@@ -184,19 +196,19 @@ LABEL_SCORES = ("ssl_linear", "ssl_finetune", "scratch")
 def over_seeds(rows: list[dict]) -> list[dict]:
     """Mean and spread (sample standard deviation) of every score of each (method, budget) pretrained with
     more than one seed: the numbers to quote for it, since one seed's differ by about a point."""
-    groups: dict[tuple[str, float], list[dict]] = {}
+    groups: dict[tuple[str, float, int], list[dict]] = {}
     for r in rows:
         if "seed" in r:
-            groups.setdefault((r["method"], r["budget_minutes"]), []).append(r)
+            groups.setdefault((r["method"], r["budget_minutes"], r.get("ranks", 1)), []).append(r)
 
     def spread(values: list[float]) -> dict:
         return {"mean": statistics.fmean(values), "stdev": statistics.stdev(values)}
 
     out = []
-    for (method, budget), cells in sorted(groups.items()):
+    for (method, budget, ranks), cells in sorted(groups.items()):
         if len(cells) < 2:
             continue
-        entry = {"method": method, "budget_minutes": budget, "seeds": sorted(c["seed"] for c in cells),
+        entry = {"method": method, "budget_minutes": budget, "ranks": ranks, "seeds": sorted(c["seed"] for c in cells),
                  **{k: spread([c[k] for c in cells]) for k in (*SCORES, "steps")}}
         fractions = sorted({le["fraction"] for c in cells for le in c.get("label_efficiency", [])})
         entry["label_efficiency"] = [
@@ -241,6 +253,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="fine-tune and scratch: most passes over the labels (early stopping may end sooner)")
     p.add_argument("--probe-epochs", type=int, default=30, help="all-labels linear probe: passes over the features")
     p.add_argument("--calibration-steps", type=int, default=15, help="steps timed before a cell to size its run")
+    p.add_argument("--ranks", type=int, default=1,
+                   help="pretrain as this many gloo processes (torchrun, DDP + SyncBN) sharing --threads; "
+                        "cells get an _<R>ranks suffix")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every method's config")
     add_common_args(p)
     args = p.parse_args(argv)
@@ -255,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     reference = load_config(config_path(methods[0]), [f"data.shards={args.shards}", *args.overrides])
     data = None
     todo = [("pixels", None, None), (f"random_init_{methods[0]}", "random", None)]
-    todo += [(f"{m}_s{s}_{args.budget_minutes:g}min", m, s) for m in methods for s in seeds]
+    todo += [(cell_name(m, s, args), m, s) for m in methods for s in seeds]
     for cell, method, seed in todo:
         if (cells_dir / f"{cell}.json").is_file():
             print(f"{cell}: done before, skipped")
@@ -269,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
             result = {"cell": cell, **random_init_cell(data, config_path(methods[0]), args, device)}
         else:
             run_dir, run = pretrain(method, seed, 60 * args.budget_minutes, args)
-            result = {"cell": cell, "method": method, "seed": seed, "budget_minutes": args.budget_minutes, **run,
+            result = {"cell": cell, "method": method, "seed": seed, "budget_minutes": args.budget_minutes,
+                      "ranks": args.ranks, **run,
                       **evaluate(run_dir, data, args, device, seed)}
         result["cell_wall_s"] = round(time.perf_counter() - started, 1)
         result["machine"] = machine()  # the load average as the cell ended: other jobs on the cores

@@ -79,6 +79,17 @@ def test_study_cells_results_and_rerun(tmp_path, capsys):
     assert capsys.readouterr().out.count("done before, skipped") == 3
     assert {p.name: p.stat().st_mtime_ns for p in cells.iterdir()} == stamps
 
+    # two gloo ranks under torchrun: a cell of its own, beside the one-process cells, which are skipped
+    study_main([*argv[:argv.index("--fractions")], "--fractions", "", "--ranks", "2", "--threads", "2",
+                *argv[argv.index("--finetune-epochs"):]])
+    two = json.loads((cells / "simclr_s0_0.05min_2ranks.json").read_text())
+    log = (tmp_path / "work" / "runs" / "simclr_s0_0.05min_2ranks.log").read_text().splitlines()
+    plan = json.loads(next(line for line in log if line.startswith("plan: ")).removeprefix("plan: "))
+    assert (two["ranks"], plan["world_size"], plan["per_device_batch_size"], plan["total_steps"]) == (2, 2, 16,
+                                                                                                     two["steps"])
+    assert 0.0 <= two["knn"] <= 1.0 and two["label_efficiency"] == []
+    assert {p.name: p.stat().st_mtime_ns for p in cells.iterdir() if p.name in stamps} == stamps
+
 
 def test_over_seeds_gives_mean_and_sample_spread_per_method_and_budget():
     """Against numpy's float64 mean and ddof=1 std; single-seed groups and the reference cells left out."""
@@ -90,7 +101,9 @@ def test_over_seeds_gives_mean_and_sample_spread_per_method_and_budget():
     knn, finetune = [0.81, 0.84, 0.86], [0.75, 0.79, 0.78]
     rows = [{"cell": "pixels", "knn": 0.857, "linear": 0.838},
             *(cell("simclr", s, 60.0, k, f) for s, k, f in zip((2, 0, 1), knn, finetune, strict=True)),
-            cell("simclr", 0, 20.0, 0.82, 0.79), cell("byol", 0, 60.0, 0.72, 0.73)]
+            cell("simclr", 0, 20.0, 0.82, 0.79), cell("byol", 0, 60.0, 0.72, 0.73),
+            # a 2-rank cell of the same method and budget is another recipe's run: not one of its seeds
+            {**cell("simclr", 3, 60.0, 0.99, 0.99), "ranks": 2}]
     (summary,) = study.over_seeds(rows)
     assert (summary["method"], summary["budget_minutes"], summary["seeds"]) == ("simclr", 60.0, [0, 1, 2])
     for key, values in (("knn", knn), ("linear", [k + 0.01 for k in knn]), ("steps", [102, 100, 101])):

@@ -168,5 +168,6 @@ def test_end_to_end_on_tiny_digits(tmp_path, ranks):
     peer = [r for r in doc["rows"] if r["impl"] == "lightly"]
     assert doc["time_to_accuracy_ratio"] == time_to_accuracy_ratio(ours, peer)["time_to_accuracy_ratio"]
     assert doc["meta"]["params"]["batch_size"] == 64 and doc["meta"]["machine"]["cores"] >= 1
-    plan = json.loads((tmp_path / "work" / "ours.log").read_text().splitlines()[0].removeprefix("plan: "))
+    log = (tmp_path / "work" / "ours.log").read_text().splitlines()
+    plan = json.loads(next(line for line in log if line.startswith("plan: ")).removeprefix("plan: "))
     assert (plan["world_size"], plan["per_device_batch_size"], doc["meta"]["ours_ranks"]) == (ranks, 64 // ranks, ranks)
