@@ -14,6 +14,7 @@ import json
 import os
 import re
 import statistics
+import sys
 import time
 import weakref
 from pathlib import Path
@@ -28,6 +29,16 @@ from torch.utils._python_dispatch import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def trainer_launch(ranks: int) -> tuple[list[str], list[str]]:
+    """The command starting `python -m trainer` as `ranks` processes on this machine (torchrun, gloo ranks,
+    DDP where ranks > 1) and the overrides that keep one process's recipe: SyncBN, so BatchNorm still
+    normalizes over the whole global batch."""
+    if ranks == 1:
+        return [sys.executable, "-m", "trainer"], []
+    return ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
+             "-m", "trainer"], ["engine.sync_bn=true"])
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:

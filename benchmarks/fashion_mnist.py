@@ -28,14 +28,13 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import add_common_args, machine, print_table, setup, write_results
+from benchmarks.common import add_common_args, machine, print_table, setup, trainer_launch, write_results
 from data_prep.manifest import load_manifest
 from trainer.dist import DistContext
 from trainer.eval.cli import write_json
@@ -61,13 +60,10 @@ def train(config: Path, overrides: list[str], log: Path, ranks: int = 1) -> None
     as `ranks` gloo processes under torchrun sharing them, with SyncBN so BatchNorm still sees the whole
     batch (the same recipe as one process)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // ranks))}
-    launcher = [sys.executable, "-m", "trainer"]
-    if ranks > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
-                    "-m", "trainer"]
-        overrides = [*overrides, "engine.sync_bn=true"]
+    launcher, recipe = trainer_launch(ranks)
     with log.open("a") as out:
-        done = subprocess.run([*launcher, "train", "--config", str(config), *overrides, "train.progress=false"],
+        done = subprocess.run([*launcher, "train", "--config", str(config), *overrides, *recipe,
+                               "train.progress=false"],
                               cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{config}: training exited {done.returncode}; see {log}")

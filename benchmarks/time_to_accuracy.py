@@ -31,14 +31,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import add_common_args, loadavg, machine, print_table, setup, write_results
+from benchmarks.common import (
+    add_common_args,
+    loadavg,
+    machine,
+    print_table,
+    setup,
+    trainer_launch,
+    write_results,
+)
 from data_prep.manifest import load_manifest
 from trainer.config import Config
 from trainer.dist import DistContext
@@ -223,15 +230,10 @@ def run(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], dic
         peer_env["OMP_NUM_THREADS"] = str(args.threads)
         env["OMP_NUM_THREADS"] = str(max(1, args.threads // args.ranks))  # the same threads in all
     ours_dir = work / "runs" / "ours"
-    launcher = [sys.executable, "-m", "trainer"]
-    ours_overrides = []
+    launcher, recipe = trainer_launch(args.ranks)
     if args.ranks > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                    str(args.ranks), "-m", "trainer"]
-        # BatchNorm over the whole batch, as in the peer's one process; a collective may wait out the
-        # peer's turn and the scoring while its ranks are frozen
-        ours_overrides = ["engine.sync_bn=true", "engine.dist_timeout_s=7200"]
-    ours = Turns("ours", [*launcher, "train", "--config", str(args.config), *overrides, *ours_overrides,
+        recipe.append("engine.dist_timeout_s=7200")  # a collective may wait out the peer's turn, ranks frozen
+    ours = Turns("ours", [*launcher, "train", "--config", str(args.config), *overrides, *recipe,
                           f"train.run_root={work / 'runs'}", "train.name=ours", f"train.ckpt_every={every}",
                           f"train.keep_last={total // every}", "train.knn_every=0", "train.progress=false"],
                  work / "ours.log", env)
