@@ -174,7 +174,7 @@ class Turns:
         """Let a completed job exit by itself; end an interrupted one (every group of its tree)."""
         if self.proc.poll() is None:
             if not completed:
-                self.groups = [self.proc.pid, *process_groups(self.proc.pid)]
+                self.groups = process_groups(self.proc.pid)  # the root's own group among them
             self._signal(signal.SIGCONT if completed else signal.SIGKILL)
             self.proc.wait(timeout=120)
         self.log_file.close()
