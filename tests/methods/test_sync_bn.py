@@ -143,3 +143,71 @@ def test_sync_bn_equals_one_process_on_the_whole_batch(world_size, tmp_path):
     # per-rank BatchNorm would leave each rank its own running means (its images differ)
     means = got["deepspeed"]
     assert means[0].abs().max() > 0 and all(torch.equal(m, means[0]) for m in means)
+
+
+def batchnorm(dims: int, channels: int, affine: bool) -> nn.Module:
+    return (nn.BatchNorm2d if dims == 4 else nn.BatchNorm1d)(channels, affine=affine).double()
+
+
+def _layer_rank_main(rank, world_size, port, folder):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    cases = torch.load(Path(folder) / "layers.pt")
+    results = []
+    for affine, state, x, dy in cases:
+        layer = convert_sync_batchnorm(batchnorm(x.dim(), x.shape[1], affine), torch.device("cpu"))
+        layer.load_state_dict(state)
+        n = x.shape[0] // world_size
+        part = x[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+        if x.dim() == 4:
+            part = part.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        y = layer(part)
+        y.backward(dy[rank * n:(rank + 1) * n])
+        grads = [p.grad.clone() for p in layer.parameters()]
+        for g in grads:
+            dist.all_reduce(g)  # each rank holds its images' share of the parameter gradient
+        ys, dxs = [torch.empty_like(y) for _ in range(world_size)], [torch.empty_like(part) for _ in range(world_size)]
+        dist.all_gather(ys, y.detach().contiguous())
+        dist.all_gather(dxs, part.grad.contiguous())
+        results.append((torch.cat(ys), torch.cat(dxs), grads, batchnorm_state(layer), part.grad.is_contiguous(
+            memory_format=torch.channels_last) if x.dim() == 4 else True))
+    if rank == 0:
+        torch.save(results, Path(folder) / "layer_results.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_global_batchnorm_layer_on_channels_last_and_without_affine_equals_batchnorm(tmp_path):
+    """The layer alone at W = 2: output, input gradient (channels_last in, channels_last out), the
+    summed parameter gradients and the running statistics equal one BatchNorm on the whole batch."""
+    world_size, gen = 2, torch.Generator().manual_seed(0)
+    cases = []
+    bns = []
+    for affine, shape in ((True, (6, 5, 4, 3)), (False, (10, 7))):
+        bn = batchnorm(len(shape), shape[1], affine)
+        if affine:
+            with torch.no_grad():
+                bn.weight.uniform_(0.5, 2.0, generator=gen)
+                bn.bias.uniform_(-1.0, 1.0, generator=gen)
+        x = 3.0 + 2.0 * torch.randn(shape, dtype=torch.float64, generator=gen)  # an offset mean, as after a ReLU
+        bns.append(bn)
+        cases.append((affine, bn.state_dict(), x, torch.randn(shape, dtype=torch.float64, generator=gen)))
+    torch.save(cases, tmp_path / "layers.pt")
+    mp.spawn(_layer_rank_main, args=(world_size, free_port(), str(tmp_path)), nprocs=world_size, join=True)
+    got = torch.load(tmp_path / "layer_results.pt")
+    for bn, (_, _, x, dy), (y, dx, grads, stats, channels_last) in zip(bns, cases, got):
+        x = x.clone().requires_grad_(True)
+        want = bn(x)
+        want.backward(dy)
+        assert channels_last
+        # each result is a few chained ops over per-channel sums of at most `per_channel` products of
+        # |x|, |dy| (and the weight, <= 2): a sum of magnitudes <= per_channel * 2 * max|x| * max|dy|
+        per_channel = x.numel() // x.shape[1]
+        bound = rounding_bound(torch.float64, per_channel * 2.0 * x.abs().max().item() * dy.abs().max().item(), 8)
+        torch.testing.assert_close(y, want.detach(), rtol=0, atol=bound)
+        torch.testing.assert_close(dx, x.grad, rtol=0, atol=bound)
+        assert len(grads) == len(list(bn.parameters()))
+        for g, p in zip(grads, bn.parameters()):
+            torch.testing.assert_close(g, p.grad, rtol=0, atol=bound)
+        for k, v in batchnorm_state(bn).items():
+            torch.testing.assert_close(stats[k], v, rtol=0, atol=bound)
