@@ -42,14 +42,16 @@ class DINOConfig:
 
 class NormalizedLinear(nn.Module):
     """Linear without bias whose weight rows have unit norm: DINO's weight-normalized last layer with its
-    norm fixed to 1 (`weight_g` = 1, not trained), [n, d] -> [n, out]."""
+    norm fixed to 1 (`weight_g` = 1, not trained), [n, d] -> [n, out]. The rows are normalized by
+    torch's fused weight-norm kernel, which F.normalize's three ops trailed on the CPU (benchmarks/README.md)."""
 
     def __init__(self, d: int, out: int):
         super().__init__()
         self.weight = nn.Linear(d, out, bias=False).weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, F.normalize(self.weight, dim=1))
+        unit = self.weight.new_ones(self.weight.shape[0], 1)
+        return F.linear(x, torch._weight_norm(self.weight, unit, 0))
 
 
 class DINOHead(nn.Module):
@@ -70,7 +72,9 @@ class DINOHead(nn.Module):
 
 
 class DINO(Method):
-    """Student: backbone -> DINOHead on every crop; teacher: EMA copies of both, on the 2 global crops.
+    """Student: backbone on every crop, then one DINOHead call on all crops' features concatenated (the
+    authors' MultiCropWrapper: a BatchNorm in the head normalizes over every crop, and the last layer's
+    weight is normalized once for all crops); teacher: EMA copies of both, on the 2 global crops, the same way.
     Loss: dino_loss; the center is updated from the gathered teacher outputs after each loss, as the
     authors do (once per step over the global batch under the gradient cache; without it, once per
     micro-batch; a step the `skip` policy drops restores it with the other buffers). Schedules
@@ -109,9 +113,10 @@ class DINO(Method):
 
     def embed(self, batch: Batch) -> list[torch.Tensor]:
         features = [self.backbone(v) for v in batch.views]
-        student = [self.head(f) for f in features]
+        student = self.head(torch.cat(features)).split([len(f) for f in features])
         with torch.no_grad():
-            teacher = [self.teacher_head(self.teacher_backbone(v)) for v in batch.views[:2]]
+            global_features = [self.teacher_backbone(v) for v in batch.views[:2]]
+            teacher = self.teacher_head(torch.cat(global_features)).split([len(f) for f in global_features])
         return [features[0], *student, *teacher]
 
     def loss(self, embeddings: list[torch.Tensor], batch: Batch) -> MethodOutput:
