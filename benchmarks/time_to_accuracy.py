@@ -19,6 +19,8 @@ features of the train split, through the same deterministic eval view.
 With --ranks R, ours runs as R gloo processes under torchrun (DDP, SyncBN so BatchNorm sees the whole
 batch as the peer's one process does), the --threads split between them; the peer keeps one process with
 all --threads. A turn freezes and resumes every process group of the tree (torchrun gives each rank its own).
+A --work-dir with a previous job's checkpoints is refused (both sides would resume from them); SIGTERM or an
+error ends both trees, frozen ones included.
 
 time_to_accuracy_ratio = ours' cumulative wall time at the first turn whose kNN reaches lightly's final
 kNN / lightly's total wall time (null when ours never reaches it). JSON: results/time_to_accuracy_<device>_<date>.json.
@@ -206,6 +208,21 @@ class Scorer:
         return (predicted == self.test[1]).float().mean().item()
 
 
+def refuse_previous_run(work: Path) -> None:
+    """A work dir holding a previous job's checkpoints would let both sides resume from them (ours from its
+    run folder, the peer's turns ending at once on weights already there): stop before timing that."""
+    left = sorted([*(work / "runs" / "ours" / "checkpoints").glob("step_*"), *(work / "peer").glob("step_*.pt")])
+    if left:
+        raise SystemExit(f"--work-dir {work}: holds a previous run's checkpoints ({left[0]}, {len(left)} in all), "
+                         f"which both implementations would resume from; pass a fresh --work-dir or remove "
+                         f"{work / 'runs'} and {work / 'peer'} (the exported {work / 'imagefolder'} can stay)")
+
+
+def _exit_on_sigterm(signum: int, frame) -> None:
+    """SIGTERM (kill, Slurm's time limit) as an exit, so the frozen trees are killed, not left stopped."""
+    raise SystemExit(128 + signum)
+
+
 def run(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], dict, dict]:
     work = args.work_dir
     overrides = [*args.overrides, f"train.epochs={args.epochs}"]
@@ -220,6 +237,7 @@ def run(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], dic
     every = args.turn_steps or steps_per_epoch
     if total % every:
         raise SystemExit(f"--turn-steps {every} does not divide the job's {total} steps")
+    refuse_previous_run(work)
     train_dir = export_imagefolder(shards, cfg.data.split, work / "imagefolder")
     params = peer_params(cfg, train_dir, args.threads, total, every)
     (work / "peer").mkdir(parents=True, exist_ok=True)
@@ -243,6 +261,7 @@ def run(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], dic
     scorer = Scorer(cfg, device)
     rows, curves = [], {"ours": [], "lightly": []}
     completed = False
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # `finally` below then ends both trees
     try:
         for turn in range(1, total // every + 1):
             artifacts = {"ours": ours_dir / "checkpoints" / f"step_{turn * every:08d}",
@@ -267,6 +286,7 @@ def run(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], dic
     finally:
         for impl in (ours, peer):
             impl.finish(completed)
+        signal.signal(signal.SIGTERM, previous)
     return rows, time_to_accuracy_ratio(curves["ours"], curves["lightly"]), params
 
 

@@ -149,6 +149,19 @@ def test_a_turn_freezes_descendants_in_sessions_of_their_own(tmp_path):
     assert not _alive(pid)  # an interrupted job leaves no rank behind
 
 
+def _group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid) if _alive(pid) else None
+    except ProcessLookupError:
+        return None
+
+
+def _digits(tmp_path: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "data_prep", "digits", "--out", str(tmp_path / "shards"), "--size", "16",
+                    "--max-samples", "200"], check=True, cwd=REPO, capture_output=True, timeout=120)
+    return tmp_path / "shards" / "digits"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not PEER_PYTHON.is_file(), reason="no peer environment: make bench-env")
 @pytest.mark.parametrize("ranks", [1, 2])
@@ -156,10 +169,10 @@ def test_end_to_end_on_tiny_digits(tmp_path, ranks):
     def run(*argv):
         subprocess.run([sys.executable, *argv], check=True, cwd=REPO, capture_output=True, text=True, timeout=280)
 
-    run("-m", "data_prep", "digits", "--out", str(tmp_path / "shards"), "--size", "16", "--max-samples", "200")
+    shards = _digits(tmp_path)
     run("-m", "benchmarks.time_to_accuracy", "--config", "configs/demo_digits_simclr.yaml", "--epochs", "2",
         "--threads", str(ranks), "--ranks", str(ranks), "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out"),
-        f"data.shards={tmp_path / 'shards' / 'digits'}", "data.image_size=16", "model.width=8",
+        f"data.shards={shards}", "data.image_size=16", "model.width=8",
         "train.global_batch_size=64", "data.workers=0")
     doc = json.loads(next((tmp_path / "out").glob("time_to_accuracy_*.json")).read_text())
     assert [(r["impl"], r["epoch"]) for r in doc["rows"]] == [("ours", 1), ("lightly", 1), ("ours", 2), ("lightly", 2)]
@@ -171,3 +184,46 @@ def test_end_to_end_on_tiny_digits(tmp_path, ranks):
     log = (tmp_path / "work" / "ours.log").read_text().splitlines()
     plan = json.loads(next(line for line in log if line.startswith("plan: ")).removeprefix("plan: "))
     assert (plan["world_size"], plan["per_device_batch_size"], doc["meta"]["ours_ranks"]) == (ranks, 64 // ranks, ranks)
+
+
+def test_a_work_dir_with_a_previous_runs_checkpoints_is_refused(tmp_path):
+    shards = _digits(tmp_path)
+    stale = tmp_path / "work" / "peer" / "step_00000002.pt"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"weights of an earlier job")
+    from benchmarks.time_to_accuracy import main
+    with pytest.raises(SystemExit, match=str(stale)):
+        main(["--config", "configs/demo_digits_simclr.yaml", "--peer-python", sys.executable,
+              "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out"), f"data.shards={shards}"])
+    assert stale.read_bytes() == b"weights of an earlier job" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_ends_both_process_trees_instead_of_leaving_them_stopped(tmp_path):
+    shards = _digits(tmp_path)
+    work = tmp_path / "work"
+    bench = subprocess.Popen([sys.executable, "-m", "benchmarks.time_to_accuracy", "--config",
+                              "configs/demo_digits_simclr.yaml", "--max-steps", "400", "--turn-steps", "200",
+                              "--threads", "1",
+                              "--peer-python", sys.executable, "--work-dir", str(work),
+                              "--out-dir", str(tmp_path / "out"),
+                              f"data.shards={shards}", "data.image_size=16", "model.width=8",
+                              "train.global_batch_size=64", "data.workers=0"],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "plan: " not in ((work / "ours.log").read_text() if (work / "ours.log").exists() else ""):
+            assert bench.poll() is None and time.monotonic() < deadline, bench.stderr.read() if bench.poll() else "slow"
+            time.sleep(0.1)
+        trees = set(process_groups(bench.pid)) - {os.getpgid(bench.pid)}  # each Turns in a session of its own
+        pids = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _group(pid) in trees]
+        assert len(pids) >= 2  # ours (running its first turn) and the peer (frozen until its own)
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if _alive(p)]  # killed, not left stopped
