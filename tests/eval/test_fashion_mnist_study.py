@@ -91,6 +91,25 @@ def test_study_cells_results_and_rerun(tmp_path, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in cells.iterdir() if p.name in stamps} == stamps
 
 
+def test_a_collapsed_cell_names_the_first_window_the_loop_flagged(tmp_path):
+    """DINO with teacher temperatures of 1000 has uniform targets from the first step (as in
+    test_methods_train_e2e): logging every step, the cell's collapse_step is step 1; a SimCLR cell, whose
+    contrastive loss keeps the embeddings spread, has none."""
+    subprocess.run([sys.executable, "-m", "data_prep", "digits", "--out", str(tmp_path / "shards"), "--size", "16",
+                    "--max-samples", "200"], cwd=REPO, check=True, capture_output=True, timeout=120)
+    tiny = ["data.image_size=16", "model.width=8", "train.global_batch_size=32", "data.workers=0", "eval.knn_k=10",
+            "train.log_every=1"]
+    common = ["--seeds", "0", "--budget-minutes", "0.05", "--shards", str(tmp_path / "shards" / "digits"),
+              "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out"), "--fractions", "",
+              "--probe-epochs", "1", "--calibration-steps", "3"]
+    study_main(["--methods", "dino", *common, *tiny, "method.out_dim=32", "method.teacher_temp=1000",
+                "method.warmup_teacher_temp=1000", "aug.local_crops=0"])
+    study_main(["--methods", "simclr", *common, *tiny])
+    cells = tmp_path / "work" / "cells"
+    dino, simclr = (json.loads((cells / f"{m}_s0_0.05min.json").read_text()) for m in ("dino", "simclr"))
+    assert dino["collapse_step"] == 1 and simclr["collapse_step"] is None
+
+
 def test_over_seeds_gives_mean_and_sample_spread_per_method_and_budget():
     """Against numpy's float64 mean and ddof=1 std; single-seed groups and the reference cells left out."""
     def cell(method, seed, budget, knn, finetune):

@@ -5,7 +5,8 @@ train: for a method without a teacher (`plain`) and one with an EMA teacher (`em
 STEPS optimizer steps of 2 micro-batches (accumulation through the gradient cache: the loss couples the
 samples; clipping on) on the same global batches split
 over the ranks; rank 0 writes the all-reduced loss per step, the full final weights (teacher included),
-the full optimizer state and the number of parameter elements rank 0 holds to out_dir/<variant>_<engine>.pt;
+the full optimizer state, the number of parameter elements rank 0 holds and the names of the FSDP2 units
+to out_dir/<variant>_<engine>.pt;
 the FSDP2 engine's checkpoint shards go to out_dir/<variant>_ckpt.
 Then, for each SAVED dir: a fresh FSDP2 engine at this world size loads SAVED/<variant>_ckpt and rank 0
 writes the full weights and optimizer state it sees to out_dir/<variant>_from_<SAVED name>.pt.
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+from torch.distributed.fsdp import FSDPModule
 
 from trainer.config import Config, EngineConfig, OptimConfig, TrainConfig
 from trainer.dist import all_gather_with_grad, init_distributed
@@ -51,6 +53,10 @@ class TinyViTMethod(Method):
         if ema:
             self.teacher = copy.deepcopy(nn.ModuleDict({"backbone": self.backbone, "head": self.head}))
             self.teacher.requires_grad_(False)
+
+    def shard_units(self) -> list[nn.Module]:
+        """The head as a unit of its own, as DINO's: entered once per forward here, twice without a teacher."""
+        return [*super().shard_units(), self.head, *([self.teacher["head"]] if self.teacher is not None else [])]
 
     def embed(self, batch: Batch) -> list[torch.Tensor]:
         features = self.backbone(batch.views[0])
@@ -131,7 +137,9 @@ def train(out: Path, ctx) -> None:
                 engine.save_shards(out / f"{variant}_ckpt")
             if ctx.is_main:
                 torch.save({"loss": losses, "weights": weights, "optimizer": optim.get("state"),
-                            "local_numel": local_numel(engine.module)}, out / f"{variant}_{engine_name}.pt")
+                            "local_numel": local_numel(engine.module),
+                            "units": sorted(n for n, m in engine.module.named_modules() if isinstance(m, FSDPModule))},
+                           out / f"{variant}_{engine_name}.pt")
             dist.barrier()
 
 

@@ -59,6 +59,9 @@ def test_fsdp2_trains_what_ddp_trains(runs, world, variant):
     assert any(k.startswith("teacher.") for k in fsdp["weights"]) == (variant == "ema")
     for name, weight in ddp["weights"].items():
         torch.testing.assert_close(fsdp["weights"][name], weight, rtol=0, atol=ATOL, msg=name)
+    # every block and the head its own unit (the method's shard_units), the teacher's as the student's
+    units = ["backbone.blocks.0", "backbone.blocks.1", "head"]
+    assert fsdp["units"] == sorted(units + [f"teacher.{u}" for u in units] * (variant == "ema")) and ddp["units"] == []
     # rank 0 holds about 1/W of the parameters (dim 0 split into W shards, padded), DDP all of them
     world_size = int(world[1:])
     assert fsdp["local_numel"] <= ddp["local_numel"] / world_size * 1.1

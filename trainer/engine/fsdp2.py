@@ -1,9 +1,9 @@
 """FSDP2 engine: parameters, gradients and optimizer state sharded across ranks, for ViTs that outgrow DDP.
 
-`fully_shard` (torch.distributed.fsdp) wraps each transformer block (every child of a `blocks` container,
-as timm's ViTs name them, the EMA teacher's included) and then the method as the root. A block's
-parameters are all-gathered just before its forward and backward and freed after, so a rank holds 1/W of
-the persistent state plus one block unsharded. Under bf16: bf16 parameters and compute, fp32 gradient
+`fully_shard` (torch.distributed.fsdp) wraps each of the method's `shard_units` (every transformer block,
+the children of a `blocks` container as timm's ViTs name them, and heads a method names, the EMA
+teacher's included) and then the method as the root. A unit's parameters are all-gathered just before its
+forward and backward and freed after, so a rank holds 1/W of the persistent state plus one unit unsharded. Under bf16: bf16 parameters and compute, fp32 gradient
 reduce-scatter (MixedPrecisionPolicy); fp32 otherwise (the CPU's default). The EMA teacher is sharded like
 the student, so its update (a lerp of local shards) moves no bytes.
 
@@ -65,12 +65,11 @@ def refuse_unsupported(engine: EngineConfig, optim: OptimConfig, nonfinite: str,
 
 
 def shard(entry: MethodEntry, mesh, policy: MixedPrecisionPolicy) -> None:
-    """fully_shard every child of every `blocks` container (student and teacher), then the root: the
-    method's entry, so that `embed` (the gradient cache's passes) runs through the root's forward too."""
-    containers = [m.blocks for m in entry.modules()
-                  if isinstance(getattr(m, "blocks", None), (nn.Sequential, nn.ModuleList))]
-    for block in [b for blocks in containers for b in blocks]:
-        fully_shard(block, mesh=mesh, mp_policy=policy)
+    """fully_shard each of the method's `shard_units` (its blocks and large heads, student and teacher),
+    then the root: the method's entry, so that `embed` (the gradient cache's passes) runs through the
+    root's forward too. What no unit holds is gathered with the root for the whole step."""
+    for unit in entry.method.shard_units():
+        fully_shard(unit, mesh=mesh, mp_policy=policy)
     fully_shard(entry, mesh=mesh, mp_policy=policy)
 
 

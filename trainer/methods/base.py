@@ -26,8 +26,11 @@ and, with defaults here (so a method writes only what it uses):
                                                sign of collapse they show, or None; the loop warns once
   images(batch) -> dict[str, list[Tensor]]     pictures of what the method does, normalized like the views
                                                (MAE: original, masked, reconstructed); logged at each save
-The loop calls before_step/after_step, the engine before_optimizer_step and images; the dicts of the
-hooks are logged scalars.
+  shard_units() -> list[nn.Module]             what FSDP2 gathers one at a time, each entered through its
+                                               forward: every child of a `blocks` container (timm's ViT
+                                               blocks, an EMA copy's too); a method adds its large heads
+The loop calls before_step/after_step, the engine before_optimizer_step, images and shard_units; the
+dicts of the hooks are logged scalars.
 """
 
 from __future__ import annotations
@@ -65,6 +68,10 @@ class Method(nn.Module):
 
     def after_step(self, step: int, total_steps: int) -> dict[str, float]:
         return {}
+
+    def shard_units(self) -> list[nn.Module]:
+        return [block for m in self.modules() if isinstance(getattr(m, "blocks", None), (nn.Sequential, nn.ModuleList))
+                for block in m.blocks]
 
     def collapse_sign(self, metrics: dict[str, float]) -> str | None:
         """Complete collapse: view 0's embeddings span about one direction (`z_rank` < 2 of up to

@@ -111,6 +111,11 @@ class DINO(Method):
         self.last_layer_frozen = step < round(self.cfg.freeze_last_layer * total_steps)
         return {"teacher_temp": self.teacher_temp}
 
+    def shard_units(self) -> list[nn.Module]:
+        """The heads too: their last layer (bottleneck x out_dim: 16.8M weights at the paper's 65,536) would
+        otherwise stay gathered with the root through the whole step."""
+        return [*super().shard_units(), self.head, self.teacher_head]
+
     def embed(self, batch: Batch) -> list[torch.Tensor]:
         features = [self.backbone(v) for v in batch.views]
         student = self.head(torch.cat(features)).split([len(f) for f in features])

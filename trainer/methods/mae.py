@@ -112,6 +112,10 @@ class MAE(Method):
         return [*trainable_groups(**dict(self.named_children())),
                 {"name": "mask_token", "params": [("mask_token", self.mask_token)]}]
 
+    def shard_units(self) -> list[nn.Module]:
+        """The decoder's blocks too, one unit each like the encoder's."""
+        return [*super().shard_units(), *self.decoder]
+
     def encode_visible(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(encoded tokens [n, 1 + keep, D] with the class token first, ids_keep, mask)."""
         vit = self.backbone
