@@ -103,3 +103,34 @@ def test_the_loop_warns_once_when_dino_collapses(shards):
     warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and warnings[0].startswith("warning: step 1: teacher_entropy"), warnings
     assert [row["collapse"] for row in metrics(shards / "runs" / "dino_collapsed").values()] == [1.0] * 4
+
+
+@pytest.mark.slow
+def test_dino_vit_under_fsdp2_trains_what_ddp_trains(shards):
+    """DINO on a ViT, two gloo ranks: FSDP2 (its blocks and both heads units of their own, the EMA teacher's
+    gathered in a no-grad forward, the last-layer freeze dropping a sharded gradient) against DDP. SGD, as in
+    tests/trainer/test_fsdp2.py, whose bound this shares: the engines differ only in the order the ranks'
+    gradients are summed, a relative W x eps32 per element, which 4 steps amplify to well under 1e-5."""
+    cfg = shards / "dino_vit.yaml"
+    cfg.write_text(f"""
+_base_: [{REPO}/configs/datasets/digits.yaml, {REPO}/configs/methods/dino.yaml]
+data: {{shards: {shards}/digits, image_size: 16, workers: 0}}
+aug: {{local_crops: 1, local_size: 8}}
+model: {{backbone: "timm:vit_tiny_patch16_224", patch_size: 4, small_stem: false}}
+method: {TINY["dino"]}
+optim: {{name: sgd, base_lr: 1.6, warmup_epochs: 0.01}}
+train: {{run_root: {shards}/runs, global_batch_size: 8, max_steps: 4, log_every: 1, ckpt_every: 4, progress: false}}
+""")
+    launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m")
+    for engine in ("ddp", "fsdp2"):
+        proc = train(cfg, f"train.name=dino_vit_{engine}", f"engine.name={engine}", launcher=launcher)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    ddp, fsdp2 = (metrics(shards / "runs" / f"dino_vit_{e}") for e in ("ddp", "fsdp2"))
+    assert sorted(fsdp2) == [1, 2, 3, 4] and ddp[1]["loss"] != pytest.approx(ddp[4]["loss"], rel=1e-3)
+    for step in ddp:
+        assert fsdp2[step]["loss"] == pytest.approx(ddp[step]["loss"], rel=1e-5), step
+    a, b = (torch.load(shards / "runs" / f"dino_vit_{e}" / "checkpoints" / "step_00000004" / "state.pt",
+                       weights_only=True)["model"] for e in ("ddp", "fsdp2"))
+    assert a.keys() == b.keys() and any(k.startswith("teacher_head.") for k in a)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5, msg=key)
