@@ -30,19 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ("ddp", "fsdp2")
 
 
-def train_step(engine, batch, plan, step: int) -> None:
-    engine.module.before_step(step, plan.total_steps)
-    engine.step([batch], plan.lr, step)
-    engine.module.after_step(step + 1, plan.total_steps)
-
-
 def worker(job: dict) -> list[dict]:
     """Every rank times every (config, engine) of `job`; rank 0 gets the rows."""
     import torch
     import torch.distributed as dist
 
     from trainer.dist import init_distributed
-    from trainer.engine import build_engine, make_plan
+    from trainer.engine import build_engine, make_plan, train_step
     from trainer.methods import METHODS
     from trainer.registry import load_config
     from trainer.types import Batch
@@ -81,11 +75,11 @@ def worker(job: dict) -> list[dict]:
             for step in range(job["warmup"] + job["steps"]):
                 sync(ctx.device)
                 start = time.perf_counter()
-                train_step(engine, batch, plan, step)
+                train_step(engine, [batch], plan.lr, step, plan.total_steps)
                 sync(ctx.device)
                 times.append((time.perf_counter() - start) * 1e3)
             with LiveTensors(ctx.device, engine.module, engine.optimizer) as live:
-                train_step(engine, batch, plan, len(times))
+                train_step(engine, [batch], plan.lr, len(times), plan.total_steps)
             memory = [None] * ctx.world_size
             dist.all_gather_object(memory, (live.peak_mb, live.state_mb))
             s = summary(times[job["warmup"]:])

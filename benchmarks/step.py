@@ -46,7 +46,7 @@ from benchmarks.common import (
     write_results,
 )
 from trainer.dist import DistContext
-from trainer.engine import build_engine, make_plan
+from trainer.engine import build_engine, make_plan, train_step
 from trainer.methods import METHODS
 from trainer.models.backbones import build_backbone
 from trainer.registry import load_config
@@ -108,10 +108,8 @@ def our_setup(name: str, backbone: str, size: int, run: dict, args, device: torc
     counter = {"step": 0}
 
     def step(batch: Batch) -> None:
-        engine.module.before_step(counter["step"], plan.total_steps)
-        engine.step([batch], plan.lr, counter["step"])
+        train_step(engine, [batch], plan.lr, counter["step"], plan.total_steps)
         counter["step"] += 1
-        engine.module.after_step(counter["step"], plan.total_steps)
 
     return step, [s.size for s in specs], cfg, engine.module
 

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from trainer.checkpoint import EXIT_PREEMPTED, Checkpointer, Position, Preemption
 from trainer.config import Config, to_dict, to_yaml
 from trainer.dist import DistContext, init_distributed, shutdown
-from trainer.engine import build_engine, make_plan
+from trainer.engine import build_engine, make_plan, train_step
 from trainer.logger import Meter, make_logger
 from trainer.optim import lr_at
 from trainer.probe import OnlineProbe, knn_accuracy
@@ -129,11 +129,10 @@ def run(cfg: Config, ctx: DistContext, lock: contextlib.ExitStack) -> int:
 
                 lr = lr_at(step, peak_lr=plan.lr, warmup_steps=plan.warmup_steps, total_steps=total,
                            final_lr_ratio=cfg.optim.final_lr_ratio)
-                meter.add_host({"lr": lr, **engine.module.before_step(step, total)})
-                outputs = engine.step(micro, lr, step)
+                outputs, hooks = train_step(engine, micro, lr, step, total)
+                meter.add_host({"lr": lr, **hooks})
                 step += 1
                 window_steps += 1
-                meter.add_host(engine.module.after_step(step, total))
                 for out, batch in zip(outputs, micro):
                     meter.add_loss(out.loss, step)
                     meter.add({"loss": out.loss, **out.metrics})

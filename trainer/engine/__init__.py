@@ -4,6 +4,7 @@
     outputs = engine.step(micro_batches, lr, step)  # forward/backward per micro-batch, the method's
                                                     # before_optimizer_step, one optimizer step
     engine.module                                   # the unwrapped method (hooks, eval, checkpoints)
+    outputs, hooks = train_step(engine, micro_batches, lr, step, total_steps)  # with the method's hooks
 
 An engine owns AMP, gradient accumulation (no gradient all-reduce on non-final micro-batches; exact
 for losses that couple samples under DDP and DeepSpeed, by the gradient cache of grad_cache.py),
@@ -22,8 +23,9 @@ from torch import nn
 from trainer.config import EngineConfig, OptimConfig
 from trainer.dist import DistContext
 from trainer.engine.plan import Plan, make_plan
+from trainer.types import Batch, MethodOutput
 
-__all__ = ["Plan", "build_engine", "make_plan"]
+__all__ = ["Plan", "build_engine", "make_plan", "train_step"]
 
 
 def build_engine(engine: EngineConfig, optim: OptimConfig, plan: Plan, method: nn.Module, ctx: DistContext, *,
@@ -41,3 +43,13 @@ def build_engine(engine: EngineConfig, optim: OptimConfig, plan: Plan, method: n
     from trainer.engine.ddp import DDPEngine
 
     return DDPEngine(engine, optim, plan, method, ctx, nonfinite=nonfinite)
+
+
+def train_step(engine, batches: list[Batch], lr: float, step: int, total_steps: int) -> tuple[list[MethodOutput], dict]:
+    """Optimizer step `step` (0-based) in the contract's order: the method's before_step (schedules), the
+    engine's step, the method's after_step (EMA) told the 1-based count of steps done. Returns the
+    engine's outputs and the scalars both hooks logged. The loop and the step benchmarks share it."""
+    hooks = dict(engine.module.before_step(step, total_steps))
+    outputs = engine.step(batches, lr, step)
+    hooks.update(engine.module.after_step(step + 1, total_steps))
+    return outputs, hooks
