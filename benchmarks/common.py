@@ -7,7 +7,6 @@ Results go to `benchmarks/results/<bench>_<device>_<YYYY-MM-DD>.json`:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
 import gc
 import json
@@ -109,30 +108,19 @@ def summary(times_ms: list[float]) -> dict:
     }
 
 
-def _proc_status_mb(field: str) -> float:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1)) / 1024
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-
-
 class PeakMemory:
     """Peak memory allocated inside the `with` block, above what was allocated on entry, in MiB.
 
     CUDA: torch.cuda.max_memory_allocated (the caching allocator's own count of live tensors).
-    CPU: growth of the process's peak resident set (Linux VmHWM, reset on entry by writing 5 to
-    /proc/self/clear_refs, after malloc_trim hands freed heap back). glibc's mmap threshold is pinned
-    at 128 KiB (it otherwise grows to 32 MiB and recycles freed tensors without the RSS moving), so
-    this tracks live tensor bytes plus allocator slack; memory never written is not counted. On exit
-    the thresholds go back to glibc's dynamic ceiling (mmap 32 MiB, trim 64 MiB on 64-bit): left at
-    128 KiB, every later tensor above it is a fresh mmap that page-faults in and is unmapped on free,
-    which made CPU steps timed after a measurement 2.5x slower (2.4M page faults per step against 8k).
+    CPU: the same count taken op by op (`LiveTensors`, what was alive on entry left out). The
+    process's peak resident set, read here before, moved with what the allocator kept from the work
+    measured before (two engines measured in turn read in either order), and pinning glibc's mmap
+    threshold to make it honest made every later step 2.5x slower.
     """
 
     METHOD: ClassVar[dict[str, str]] = {
         "cuda": "torch.cuda.max_memory_allocated",
-        "cpu": "Linux VmHWM growth (peak RSS, reset via clear_refs)",
+        "cpu": "live tensor bytes created in the block (common.LiveTensors)",
     }
 
     def __init__(self, device: torch.device):
@@ -145,24 +133,16 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device) / 2**20
         else:
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)  # fixed: no dynamic growth
-            gc.collect()
-            libc.malloc_trim(0)
-            Path("/proc/self/clear_refs").write_text("5")
-            self.base = _proc_status_mb("VmRSS")
+            self.live = LiveTensors(self.device, above_entry=True).__enter__()
         return self
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.peak_mb = round(torch.cuda.max_memory_allocated(self.device) / 2**20 - self.base, 1)
         else:
-            peak = _proc_status_mb("VmHWM")
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
-            libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
-        self.peak_mb = round(peak - self.base, 1)
+            self.live.__exit__(*exc)
+            self.peak_mb = self.live.peak_mb
         return False
 
 
@@ -170,7 +150,8 @@ class LiveTensors(TorchDispatchMode):
     """Live tensor bytes on `device` inside the `with` block: every storage an op creates there, counted
     from its first appearance until it is freed, plus the storages already alive in the modules
     (parameters, buffers, gradients) and optimizers (state) handed in; each storage once, the peak taken
-    after every op. Tensor subclasses (FSDP2's DTensor) are counted by their local shards, and a storage
+    after every op. With `above_entry`, every storage alive on entry (found through the garbage collector)
+    is left out even where an op writes it in place (an optimizer step on the parameters). Tensor subclasses (FSDP2's DTensor) are counted by their local shards, and a storage
     resized in place (FSDP2 frees its gathered parameters with `resize_(0)`) at its new size.
 
     `peak_mb` is the most alive at any moment (what a step needs), `state_mb` what is still alive on exit
@@ -181,10 +162,11 @@ class LiveTensors(TorchDispatchMode):
     MemTracker does this too, but it hooks every parameter of a forward and fails on a frozen EMA teacher.)
     """
 
-    def __init__(self, device: torch.device, *tracked):
+    def __init__(self, device: torch.device, *tracked, above_entry: bool = False):
         super().__init__()
-        self.device, self.tracked = device, tracked
+        self.device, self.tracked, self.above_entry = device, tracked, above_entry
         self.live: dict[int, int] = {}
+        self.existing: dict[int, weakref.ref] = {}
         self.current = self.peak_bytes = self.state_bytes = 0
 
     @property
@@ -205,6 +187,9 @@ class LiveTensors(TorchDispatchMode):
         if t.device.type != self.device.type or t.is_meta:
             return
         storage = t.untyped_storage()
+        known = self.existing.get(id(storage))
+        if known is not None and known() is storage:
+            return
         if id(storage) not in self.live:
             self.live[id(storage)] = 0
             weakref.finalize(storage, self._drop, id(storage))
@@ -226,6 +211,15 @@ class LiveTensors(TorchDispatchMode):
         return out
 
     def __enter__(self):
+        if self.above_entry:
+            gc.collect()
+            for obj in gc.get_objects():
+                # type(), not isinstance: isinstance reads __class__, which some lazy module objects warn on
+                if issubclass(type(obj), torch.Tensor) and not obj.is_meta and not is_traceable_wrapper_subclass(obj):
+                    for t in (obj, obj.grad if obj.is_leaf else None):
+                        if t is not None:
+                            storage = t.untyped_storage()
+                            self.existing[id(storage)] = weakref.ref(storage)
         for obj in self.tracked:
             if isinstance(obj, torch.optim.Optimizer):
                 for state in obj.state.values():

@@ -158,8 +158,8 @@ def ceiling_setup(cfg, run: dict, device: torch.device):
 def measure_synthetic(step, views: list, batch: int, args, device: torch.device) -> dict:
     """Median step time over args.steps steps after args.warmup, then the peak memory of one more step
     above what the warm step holds (parameters, optimizer state: allocated in the warmup). The peak is
-    taken apart from the timed steps: on the CPU PeakMemory pins glibc's mmap threshold, which makes
-    every large tensor a fresh mapping and the step ~2.5x slower. On the CPU also this process's CPU
+    taken apart from the timed steps: on the CPU PeakMemory counts through a dispatch mode that sees
+    every op, which would slow the step it times. On the CPU also this process's CPU
     time per timed step, which other processes on a shared core do not inflate as they do the wall time."""
     data = Batch(views=views)
     for _ in range(args.warmup):

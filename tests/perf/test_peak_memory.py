@@ -1,9 +1,7 @@
-"""benchmarks.common.PeakMemory on the CPU: it measures a tensor's bytes, and leaves malloc as it found
-it, so that what is timed after a measurement is not slowed by its allocator settings."""
+"""benchmarks.common.PeakMemory on the CPU: the most tensor bytes alive at once inside the block, above
+what was alive on entry, counted exactly (a storage's bytes, not pages of the resident set)."""
 
 from __future__ import annotations
-
-import resource
 
 import torch
 
@@ -12,22 +10,13 @@ from benchmarks.common import PeakMemory
 MIB = 2**20
 
 
-def minor_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def test_peak_memory_counts_a_tensor_and_leaves_freed_memory_reusable():
+def test_peak_memory_counts_the_most_bytes_alive_at_once_and_not_what_came_before():
     cpu = torch.device("cpu")
+    before = torch.ones(8 * MIB // 4)  # alive on entry: not counted
     with PeakMemory(cpu) as peak:
-        torch.ones(64 * MIB // 4)  # 64 MiB written, then freed
-    # the tensor's pages, give or take what the rest of the process (earlier tests' garbage, allocator
-    # slack) frees or touches meanwhile, well under a tenth of it
-    assert 0.9 * 64 <= peak.peak_mb < 1.1 * 64
-    for _ in range(50):  # 4 MiB tensors: the heap grows to hold them once, faulting its new pages in
-        torch.ones(MIB)
-    before = minor_faults()
-    for _ in range(50):
-        torch.ones(MIB)
-    # Reused heap memory faults nothing; were 4 MiB still above the mmap threshold, each tensor would be
-    # a fresh mapping faulting in 4 MiB / 4 KiB = 1024 pages (51,200 in all; huge pages would hide it).
-    assert minor_faults() - before < 1024
+        a = torch.ones(MIB // 4)
+        b = torch.ones(2 * MIB // 4)  # with a: 3 MiB alive
+        del a, b
+        torch.ones(2 * MIB // 4)  # 2 MiB alone, then freed
+        before.add_(1)  # in place: no new storage
+    assert peak.peak_mb == 3.0
