@@ -34,11 +34,18 @@ def curve(points):
 def test_ratio_is_our_first_time_at_the_peers_final_accuracy_over_its_total():
     peer = curve([(100.0, 0.70), (200.0, 0.80)])
     ours = curve([(40.0, 0.75), (80.0, 0.80), (120.0, 0.85)])  # reaches 0.80 exactly at 80 s
-    got = time_to_accuracy_ratio(ours, peer)
+    got = time_to_accuracy_ratio(ours, peer, test_images=100)
+    # one standard error of 80% measured on 100 images: sqrt(0.8 x 0.2 / 100) = 0.04, so the lowered target
+    # 0.76 is first reached at 80 s too (0.75 at 40 s is below it)
     assert got == {"target_knn_top1": 0.80, "ours_time_to_target_s": 80.0, "lightly_wall_s": 200.0,
-                   "time_to_accuracy_ratio": 0.4}
-    never = time_to_accuracy_ratio(curve([(40.0, 0.6), (80.0, 0.79)]), peer)
+                   "time_to_accuracy_ratio": 0.4, "same_steps_wall_ratio": 0.6, "knn_standard_error": 0.04,
+                   "ratio_within_1se": 0.4}
+    # 0.79 misses 0.80 but is within one standard error of it (0.04 on 100 images, 0.004 on 10,000)
+    short = curve([(40.0, 0.6), (80.0, 0.79)])
+    never = time_to_accuracy_ratio(short, peer, test_images=100)
     assert never["ours_time_to_target_s"] is None and never["time_to_accuracy_ratio"] is None
+    assert (never["ratio_within_1se"], never["same_steps_wall_ratio"]) == (0.4, 0.4)
+    assert time_to_accuracy_ratio(short, peer, test_images=10_000)["ratio_within_1se"] is None
 
 
 def test_export_writes_the_shards_bytes_as_an_imagefolder_tree(tmp_path):
@@ -179,7 +186,9 @@ def test_end_to_end_on_tiny_digits(tmp_path, ranks):
     assert all(0.0 <= r["knn_top1"] <= 1.0 and r["wall_s"] > 0 for r in doc["rows"])
     ours = [r for r in doc["rows"] if r["impl"] == "ours"]
     peer = [r for r in doc["rows"] if r["impl"] == "lightly"]
-    assert doc["time_to_accuracy_ratio"] == time_to_accuracy_ratio(ours, peer)["time_to_accuracy_ratio"]
+    test_images = json.loads((shards / "manifest.json").read_text())["splits"]["test"]["num_samples"]
+    want = time_to_accuracy_ratio(ours, peer, test_images)
+    assert {k: doc[k] for k in want} == want
     assert doc["meta"]["params"]["batch_size"] == 64 and doc["meta"]["machine"]["cores"] >= 1
     log = (tmp_path / "work" / "ours.log").read_text().splitlines()
     plan = json.loads(next(line for line in log if line.startswith("plan: ")).removeprefix("plan: "))
