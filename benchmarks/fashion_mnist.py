@@ -3,11 +3,14 @@
     python -m benchmarks.fashion_mnist --budget-minutes 20 --methods simclr,byol,vicreg,rotnet --seeds 0
     python -m benchmarks.fashion_mnist --budget-minutes 60 --methods simclr --seeds 0,1,2
     python -m benchmarks.fashion_mnist --budget-minutes 20 --methods simclr --threads 2 --ranks 2   # 2 cores, DDP
+    python -m benchmarks.fashion_mnist --steps 300 --methods simclr --fractions '' optim.base_lr=0.4   # a probe
 
 A cell is (method, seed, budget): `configs/fashion_mnist_<method>.yaml` pretrained with `train.max_steps`
 set so the run fits the budget (seconds per step measured first by a short calibration run of the same
 config on the same machine; the schedule then ends where the budget does, instead of being cut off),
-then scored by trainer.eval: weighted kNN and the linear probe on all train labels, and at each label
+or, with `--steps N`, for exactly N steps (no calibration: a recipe probe that reads the same on a loaded
+machine, cells named `<method>_s<seed>_<N>steps`; the overrides given are recorded in the cell), then
+scored by trainer.eval: weighted kNN and the linear probe on all train labels, and at each label
 fraction the SSL linear probe, SSL fine-tune and the same network from scratch. Fine-tune and scratch
 get the same budget in epochs over their labels (`--finetune-epochs`, FitConfig.epochs) and the same
 early stopping (validated at most once an epoch on a held-out 10% of the train split). The `pixels` cell is the raw-pixel reference:
@@ -15,8 +18,9 @@ the same kNN and scikit-learn's logistic regression on the eval-view pixels; `ra
 the first method's network with random weights the same way (what pretraining must add to).
 
 Each cell writes <work-dir>/cells/<cell>.json when it finishes, and a rerun skips cells whose file
-exists, so the study runs in pieces. After every cell the finished cells are gathered into
-results/fashion_mnist_<device>_<date>.json and a chart (.png beside it).
+exists, so the study runs in pieces; a rerun with other overrides than a finished method cell's is refused
+(the reference cells are shared: methods' own overrides do not change them).
+After every cell the finished cells are gathered into results/fashion_mnist_<device>_<date>.json and a chart (.png beside it).
 """
 
 from __future__ import annotations
@@ -85,17 +89,22 @@ def seconds_per_step(config: Path, overrides: list[str], run_root: Path, steps: 
 
 
 def cell_name(method: str, seed: int, args: argparse.Namespace) -> str:
-    return f"{method}_s{seed}_{args.budget_minutes:g}min" + (f"_{args.ranks}ranks" if args.ranks > 1 else "")
+    budget = f"{args.steps}steps" if args.steps else f"{args.budget_minutes:g}min"
+    return f"{method}_s{seed}_{budget}" + (f"_{args.ranks}ranks" if args.ranks > 1 else "")
 
 
-def pretrain(method: str, seed: int, budget_s: float, args: argparse.Namespace) -> tuple[Path, dict]:
+def pretrain(method: str, seed: int, args: argparse.Namespace) -> tuple[Path, dict]:
+    """Train one cell: `args.steps` steps, or as many as the calibrated step time fits in the budget."""
     config = config_path(method)
     overrides = [f"data.shards={args.shards}", f"train.seed={seed}", *args.overrides]
     run_root = args.work_dir / "runs"
     run_root.mkdir(parents=True, exist_ok=True)
     name = cell_name(method, seed, args)
-    per_step = seconds_per_step(config, overrides, run_root, args.calibration_steps, name, args.ranks)
-    steps = max(1, math.floor(budget_s / per_step))
+    per_step = None
+    steps = args.steps
+    if not steps:
+        per_step = seconds_per_step(config, overrides, run_root, args.calibration_steps, name, args.ranks)
+        steps = max(1, math.floor(60 * args.budget_minutes / per_step))
     started = time.perf_counter()
     train(config, [*overrides, f"train.run_root={run_root}", f"train.name={name}", f"train.max_steps={steps}",
                    "train.knn_every=0"], run_root / f"{name}.log", args.ranks)
@@ -192,19 +201,21 @@ LABEL_SCORES = ("ssl_linear", "ssl_finetune", "scratch")
 def over_seeds(rows: list[dict]) -> list[dict]:
     """Mean and spread (sample standard deviation) of every score of each (method, budget) pretrained with
     more than one seed: the numbers to quote for it, since one seed's differ by about a point."""
-    groups: dict[tuple[str, float, int], list[dict]] = {}
+    groups: dict[tuple[str, float | None, int, int], list[dict]] = {}
     for r in rows:
         if "seed" in r:
-            groups.setdefault((r["method"], r["budget_minutes"], r.get("ranks", 1)), []).append(r)
+            key = (r["method"], r["budget_minutes"], r.get("budget_steps") or 0, r.get("ranks", 1))
+            groups.setdefault(key, []).append(r)
 
     def spread(values: list[float]) -> dict:
         return {"mean": statistics.fmean(values), "stdev": statistics.stdev(values)}
 
     out = []
-    for (method, budget, ranks), cells in sorted(groups.items()):
+    for (method, budget, budget_steps, ranks), cells in sorted(groups.items(), key=lambda kv: str(kv[0])):
         if len(cells) < 2:
             continue
-        entry = {"method": method, "budget_minutes": budget, "ranks": ranks, "seeds": sorted(c["seed"] for c in cells),
+        entry = {"method": method, "budget_minutes": budget, "budget_steps": budget_steps or None, "ranks": ranks,
+                 "seeds": sorted(c["seed"] for c in cells),
                  **{k: spread([c[k] for c in cells]) for k in (*SCORES, "steps")}}
         fractions = sorted({le["fraction"] for c in cells for le in c.get("label_efficiency", [])})
         entry["label_efficiency"] = [
@@ -237,6 +248,8 @@ def chart(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget-minutes", type=float, default=20.0, help="pretraining wall clock per cell")
+    p.add_argument("--steps", type=int, default=0,
+                   help="pretrain each cell for exactly this many steps instead of --budget-minutes (a probe)")
     p.add_argument("--methods", default="simclr,byol,vicreg,rotnet,barlow_twins,simsiam,mocov3,dino",
                    help="comma-separated; each needs configs/fashion_mnist_<method>.yaml")
     p.add_argument("--seeds", default="0", help="comma-separated pretraining seeds (train.seed)")
@@ -268,7 +281,12 @@ def main(argv: list[str] | None = None) -> None:
     todo = [("pixels", None, None), (f"random_init_{methods[0]}", "random", None)]
     todo += [(cell_name(m, s, args), m, s) for m in methods for s in seeds]
     for cell, method, seed in todo:
-        if (cells_dir / f"{cell}.json").is_file():
+        done = cells_dir / f"{cell}.json"
+        if done.is_file():
+            before = json.loads(done.read_text()).get("overrides", [])
+            if method not in (None, "random") and before != args.overrides:
+                raise SystemExit(f"{done}: finished with overrides {before}, asked now for {args.overrides}: "
+                                 "give this recipe a --work-dir of its own")
             print(f"{cell}: done before, skipped")
             continue
         data = data or Data(reference, device)
@@ -279,10 +297,12 @@ def main(argv: list[str] | None = None) -> None:
         elif method == "random":
             result = {"cell": cell, **random_init_cell(data, config_path(methods[0]), args, device)}
         else:
-            run_dir, run = pretrain(method, seed, 60 * args.budget_minutes, args)
-            result = {"cell": cell, "method": method, "seed": seed, "budget_minutes": args.budget_minutes,
-                      "ranks": args.ranks, **run,
+            run_dir, run = pretrain(method, seed, args)
+            result = {"cell": cell, "method": method, "seed": seed,
+                      "budget_minutes": None if args.steps else args.budget_minutes,
+                      "budget_steps": args.steps or None, "ranks": args.ranks, **run,
                       **evaluate(run_dir, data, args, device, seed)}
+        result["overrides"] = args.overrides  # what the cell ran with: a rerun must ask for the same
         result["cell_wall_s"] = round(time.perf_counter() - started, 1)
         result["machine"] = machine()  # the load average as the cell ended: other jobs on the cores
         write_json(cells_dir / f"{cell}.json", result)
@@ -291,7 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = write_study(cells_dir, args, device)
     print_table(rows, ["cell", "knn", "linear", "steps", "epochs", "pretrain_wall_s", "cell_wall_s"])
     for s in over_seeds(rows):
-        print(f"{s['method']}, {s['budget_minutes']:g} min, seeds {s['seeds']}: " + ", ".join(
+        budget = f"{s['budget_steps']} steps" if s["budget_steps"] else f"{s['budget_minutes']:g} min"
+        print(f"{s['method']}, {budget}, seeds {s['seeds']}: " + ", ".join(
             f"{k} {100 * s[k]['mean']:.1f} +- {100 * s[k]['stdev']:.1f}" for k in SCORES))
 
 

@@ -68,6 +68,7 @@ class OptimConfig:
     weight_decay: float = 1e-6
     momentum: float = 0.9
     trust_coefficient: float = 0.001  # LARS
+    trust_clip: bool = False  # LARS: a layer's step at most lr x |d| (apex LARC's clip; solo-learn's clip_lr)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW
     warmup_epochs: float = 10.0  # linear warmup, then cosine to final_lr_ratio x lr
     final_lr_ratio: float = 0.0

@@ -90,6 +90,20 @@ def test_study_cells_results_and_rerun(tmp_path, capsys):
     assert 0.0 <= two["knn"] <= 1.0 and two["label_efficiency"] == []
     assert {p.name: p.stat().st_mtime_ns for p in cells.iterdir() if p.name in stamps} == stamps
 
+    # a probe: exactly --steps steps, no calibration run, the overrides recorded; other overrides refused
+    no_fractions = [*argv[:argv.index("--fractions")], "--fractions", "", *argv[argv.index("--finetune-epochs"):]]
+    study_main(["--steps", "4", *no_fractions])
+    probe = json.loads((cells / "simclr_s0_4steps.json").read_text())
+    assert (probe["steps"], probe["budget_steps"], probe["budget_minutes"], probe["calibrated_s_per_step"]) == (
+        4, 4, None, None)
+    assert probe["overrides"] == tiny and not (tmp_path / "work" / "runs" / "calibrate_simclr_s0_4steps").exists()
+    logged = [json.loads(line) for line in (tmp_path / "work" / "runs" / "simclr_s0_4steps" / "metrics.jsonl")
+              .read_text().splitlines()]
+    assert max(r["step"] for r in logged) == 4
+    with pytest.raises(SystemExit, match="simclr_s0_4steps.json: finished with overrides"):
+        study_main(["--steps", "4", *no_fractions, "optim.base_lr=0.5"])
+    assert {p.name: p.stat().st_mtime_ns for p in cells.iterdir() if p.name in stamps} == stamps
+
 
 def test_a_collapsed_cell_names_the_first_window_the_loop_flagged(tmp_path):
     """DINO with teacher temperatures of 1000 has uniform targets from the first step (as in

@@ -14,35 +14,44 @@ from trainer.config import OptimConfig
 from trainer.optim import LARS, build_optimizer, cosine, lr_at, set_hyperparameters
 
 
-def lars_reference(p, g, buf, lr, wd, momentum, eta):
-    """One LARS step in float64 (VICReg's main_vicreg.py, written out): ndim == 1 skips decay and trust ratio."""
+def lars_reference(p, g, buf, lr, wd, momentum, eta, clip, clipped):
+    """One LARS step in float64 (VICReg's main_vicreg.py, written out; with `clip`, solo-learn's
+    `clip_lr`: the ratio divided by lr and capped at 1): ndim == 1 skips decay and trust ratio. Appends to
+    `clipped` whether the cap bound, for tensors the ratio applies to."""
     p, g, buf = p.double(), g.double(), buf.double()
     if p.ndim > 1:
         d = g + wd * p
         pn, dn = p.norm().item(), d.norm().item()
         if pn > 0 and dn > 0:
-            d = d * (eta * pn / dn)
+            q = eta * pn / dn
+            if clip:
+                clipped.append(q / lr > 1)
+                q = min(q / lr, 1.0)
+            d = d * q
     else:
         d = g
     buf = momentum * buf + d
     return p - lr * buf, buf
 
 
-def test_lars_matches_float64_reference_over_steps():
+@pytest.mark.parametrize("eta, clip", [(0.01, False), (5.0, True)])
+def test_lars_matches_float64_reference_over_steps(eta, clip):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
+    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 3), nn.Linear(3, 3))
     with torch.no_grad():
         model[2].weight.zero_()  # |p| = 0: the trust ratio must fall back to 1
     groups = [{"name": "all", "params": list(model.named_parameters())}]
-    cfg = OptimConfig(name="lars", weight_decay=0.05, momentum=0.9, trust_coefficient=0.01)
+    cfg = OptimConfig(name="lars", weight_decay=0.05, momentum=0.9, trust_coefficient=eta, trust_clip=clip)
     opt = build_optimizer(cfg, groups, lr=0.7)
     assert isinstance(opt, LARS)
     ref = {n: (p.detach().double().clone(), torch.zeros_like(p, dtype=torch.float64)) for n, p in model.named_parameters()}
+    clipped = []
     for step in range(3):
-        grads = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+        # the first layer's gradients 100x larger: under clip its ratio stays below the cap, the last's not
+        grads = {n: torch.randn_like(p) * (100.0 if n.startswith("0.") else 1.0) for n, p in model.named_parameters()}
         for n, p in model.named_parameters():
             p.grad = grads[n].clone()
-            ref[n] = lars_reference(ref[n][0], grads[n], ref[n][1], 0.7, 0.05, 0.9, 0.01)
+            ref[n] = lars_reference(ref[n][0], grads[n], ref[n][1], 0.7, 0.05, 0.9, eta, clip, clipped)
         opt.step()
         for n, p in model.named_parameters():
             # per step a weight takes a length-numel norm twice (trust ratio), then a few elementwise
@@ -50,6 +59,7 @@ def test_lars_matches_float64_reference_over_steps():
             scale = p.detach().abs().max().item() + 0.7 * ref[n][1].abs().max().item()
             bound = rounding_bound(torch.float32, scale, (step + 1) * (2 * p.numel() + 8))
             torch.testing.assert_close(p.detach().double(), ref[n][0], rtol=0, atol=bound, msg=n)
+    assert not clip or (any(clipped) and not all(clipped))  # the cap both bound and did not
 
 
 def test_groups_split_no_decay_for_vectors():

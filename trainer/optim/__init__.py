@@ -21,7 +21,8 @@ def build_optimizer(cfg: OptimConfig, groups: list[dict], lr: float) -> torch.op
     for group in params:
         group["lr"] = lr * group["lr_scale"]
     if cfg.name == "lars":
-        return LARS(params, lr=lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
+        return LARS(params, lr=lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient,
+                    clip=cfg.trust_clip)
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum)
     if cfg.name == "adamw":

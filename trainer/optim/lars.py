@@ -3,7 +3,8 @@
 You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", 2017; the variant of
 facebookresearch/vicreg `main_vicreg.py` (also used for SimCLR and BYOL): groups marked `lars_exclude`
 (biases, norm weights, position embeddings and tokens: trainer/optim/groups.py) get neither weight
-decay nor the trust ratio.
+decay nor the trust ratio. With `clip` (NVIDIA apex's LARC clip mode, solo-learn's `clip_lr`) the
+layer's step is at most the plain SGD step: lr x min(trust ratio / lr, 1).
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ class LARS(torch.optim.Optimizer):
     """For a tensor p with gradient g in a group without `lars_exclude`:
 
         d = g + weight_decay * p
-        d = d * trust_coefficient * |p| / |d|     (when both norms are > 0)
-        m = momentum * m + d;  p = p - lr * m
+        q = trust_coefficient * |p| / |d|          (1 when either norm is 0)
+        q = min(q / lr, 1)                         (with clip)
+        d = q * d;  m = momentum * m + d;  p = p - lr * m
 
     In a `lars_exclude` group d = g.
     """
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
-                 trust_coefficient: float = 0.001):
+                 trust_coefficient: float = 0.001, clip: bool = False):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum,
-                                  "trust_coefficient": trust_coefficient, "lars_exclude": False})
+                                  "trust_coefficient": trust_coefficient, "clip": clip, "lars_exclude": False})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -43,6 +45,8 @@ class LARS(torch.optim.Optimizer):
                     one = torch.ones_like(p_norm)
                     # torch.where keeps this on the device: no host sync per tensor
                     q = torch.where((p_norm > 0) & (d_norm > 0), group["trust_coefficient"] * p_norm / d_norm, one)
+                    if group["clip"] and group["lr"] > 0:
+                        q = torch.clamp(q / group["lr"], max=1.0)
                     d = d.mul(q)
                 state = self.state[p]
                 if "momentum_buffer" not in state:
