@@ -19,8 +19,8 @@ the first method's network with random weights the same way (what pretraining mu
 
 Each cell writes <work-dir>/cells/<cell>.json when it finishes, and a rerun skips cells whose file
 exists, so the study runs in pieces; a rerun with other overrides than a finished method cell's is refused
-(the reference cells are shared: methods' own overrides do not change them).
-After every cell the finished cells are gathered into results/fashion_mnist_<device>_<date>.json and a chart (.png beside it).
+(the reference cells are shared: methods' own overrides do not change them). After every cell the
+finished cells are gathered into results/fashion_mnist_<device>_<date>.json and a chart (.png beside it).
 """
 
 from __future__ import annotations
@@ -201,10 +201,10 @@ LABEL_SCORES = ("ssl_linear", "ssl_finetune", "scratch")
 def over_seeds(rows: list[dict]) -> list[dict]:
     """Mean and spread (sample standard deviation) of every score of each (method, budget) pretrained with
     more than one seed: the numbers to quote for it, since one seed's differ by about a point."""
-    groups: dict[tuple[str, float | None, int, int], list[dict]] = {}
+    groups: dict[tuple[str, float | None, int | None, int], list[dict]] = {}
     for r in rows:
         if "seed" in r:
-            key = (r["method"], r["budget_minutes"], r.get("budget_steps") or 0, r.get("ranks", 1))
+            key = (r["method"], r["budget_minutes"], r.get("budget_steps"), r.get("ranks", 1))
             groups.setdefault(key, []).append(r)
 
     def spread(values: list[float]) -> dict:
@@ -214,7 +214,7 @@ def over_seeds(rows: list[dict]) -> list[dict]:
     for (method, budget, budget_steps, ranks), cells in sorted(groups.items(), key=lambda kv: str(kv[0])):
         if len(cells) < 2:
             continue
-        entry = {"method": method, "budget_minutes": budget, "budget_steps": budget_steps or None, "ranks": ranks,
+        entry = {"method": method, "budget_minutes": budget, "budget_steps": budget_steps, "ranks": ranks,
                  "seeds": sorted(c["seed"] for c in cells),
                  **{k: spread([c[k] for c in cells]) for k in (*SCORES, "steps")}}
         fractions = sorted({le["fraction"] for c in cells for le in c.get("label_efficiency", [])})

@@ -34,15 +34,16 @@ def lars_reference(p, g, buf, lr, wd, momentum, eta, clip, clipped):
     return p - lr * buf, buf
 
 
-@pytest.mark.parametrize("eta, clip", [(0.01, False), (5.0, True)])
-def test_lars_matches_float64_reference_over_steps(eta, clip):
+@pytest.mark.parametrize("eta, clip, lr", [(0.01, False, 0.7), (5.0, True, 1.5)])
+def test_lars_matches_float64_reference_over_steps(eta, clip, lr):
+    """lr 1.5 under clip: a zero-norm tensor's step stays lr x d, not divided by lr as the cap would."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 3), nn.Linear(3, 3))
     with torch.no_grad():
         model[2].weight.zero_()  # |p| = 0: the trust ratio must fall back to 1
     groups = [{"name": "all", "params": list(model.named_parameters())}]
     cfg = OptimConfig(name="lars", weight_decay=0.05, momentum=0.9, trust_coefficient=eta, trust_clip=clip)
-    opt = build_optimizer(cfg, groups, lr=0.7)
+    opt = build_optimizer(cfg, groups, lr=lr)
     assert isinstance(opt, LARS)
     ref = {n: (p.detach().double().clone(), torch.zeros_like(p, dtype=torch.float64)) for n, p in model.named_parameters()}
     clipped = []
@@ -51,12 +52,12 @@ def test_lars_matches_float64_reference_over_steps(eta, clip):
         grads = {n: torch.randn_like(p) * (100.0 if n.startswith("0.") else 1.0) for n, p in model.named_parameters()}
         for n, p in model.named_parameters():
             p.grad = grads[n].clone()
-            ref[n] = lars_reference(ref[n][0], grads[n], ref[n][1], 0.7, 0.05, 0.9, eta, clip, clipped)
+            ref[n] = lars_reference(ref[n][0], grads[n], ref[n][1], lr, 0.05, 0.9, eta, clip, clipped)
         opt.step()
         for n, p in model.named_parameters():
             # per step a weight takes a length-numel norm twice (trust ratio), then a few elementwise
             # ops at the scale of the weight and of lr x momentum buffer; float32 against float64
-            scale = p.detach().abs().max().item() + 0.7 * ref[n][1].abs().max().item()
+            scale = p.detach().abs().max().item() + lr * ref[n][1].abs().max().item()
             bound = rounding_bound(torch.float32, scale, (step + 1) * (2 * p.numel() + 8))
             torch.testing.assert_close(p.detach().double(), ref[n][0], rtol=0, atol=bound, msg=n)
     assert not clip or (any(clipped) and not all(clipped))  # the cap both bound and did not

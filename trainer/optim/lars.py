@@ -16,8 +16,7 @@ class LARS(torch.optim.Optimizer):
     """For a tensor p with gradient g in a group without `lars_exclude`:
 
         d = g + weight_decay * p
-        q = trust_coefficient * |p| / |d|          (1 when either norm is 0)
-        q = min(q / lr, 1)                         (with clip)
+        q = trust_coefficient * |p| / |d|;  with clip q = min(q / lr, 1);  q = 1 when either norm is 0
         d = q * d;  m = momentum * m + d;  p = p - lr * m
 
     In a `lars_exclude` group d = g.
@@ -44,9 +43,10 @@ class LARS(torch.optim.Optimizer):
                     p_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
                     one = torch.ones_like(p_norm)
                     # torch.where keeps this on the device: no host sync per tensor
-                    q = torch.where((p_norm > 0) & (d_norm > 0), group["trust_coefficient"] * p_norm / d_norm, one)
-                    if group["clip"] and group["lr"] > 0:
-                        q = torch.clamp(q / group["lr"], max=1.0)
+                    ratio = group["trust_coefficient"] * p_norm / d_norm
+                    if group["clip"]:
+                        ratio = torch.clamp(ratio / group["lr"], max=1.0)
+                    q = torch.where((p_norm > 0) & (d_norm > 0), ratio, one)
                     d = d.mul(q)
                 state = self.state[p]
                 if "momentum_buffer" not in state:
