@@ -18,8 +18,8 @@ the same kNN and scikit-learn's logistic regression on the eval-view pixels; `ra
 the first method's network with random weights the same way (what pretraining must add to).
 
 Each cell writes <work-dir>/cells/<cell>.json when it finishes, and a rerun skips cells whose file
-exists, so the study runs in pieces; a rerun with other overrides than a finished method cell's is refused
-(the reference cells are shared: methods' own overrides do not change them). After every cell the
+exists, so the study runs in pieces; a work dir holds one recipe: a run whose overrides differ from any
+finished cell's, reference cells included, is refused before it trains. After every cell the
 finished cells are gathered into results/fashion_mnist_<device>_<date>.json and a chart (.png beside it).
 """
 
@@ -280,13 +280,13 @@ def main(argv: list[str] | None = None) -> None:
     data = None
     todo = [("pixels", None, None), (f"random_init_{methods[0]}", "random", None)]
     todo += [(cell_name(m, s, args), m, s) for m in methods for s in seeds]
+    for done in sorted(cells_dir.glob("*.json")):  # one recipe per work dir: its reference cells and table too
+        before = json.loads(done.read_text()).get("overrides", [])
+        if before != args.overrides:
+            raise SystemExit(f"{done}: finished with overrides {before}, asked now for {args.overrides}: "
+                             "give this recipe a --work-dir of its own")
     for cell, method, seed in todo:
-        done = cells_dir / f"{cell}.json"
-        if done.is_file():
-            before = json.loads(done.read_text()).get("overrides", [])
-            if method not in (None, "random") and before != args.overrides:
-                raise SystemExit(f"{done}: finished with overrides {before}, asked now for {args.overrides}: "
-                                 "give this recipe a --work-dir of its own")
+        if (cells_dir / f"{cell}.json").is_file():
             print(f"{cell}: done before, skipped")
             continue
         data = data or Data(reference, device)

@@ -100,9 +100,13 @@ def test_study_cells_results_and_rerun(tmp_path, capsys):
     logged = [json.loads(line) for line in (tmp_path / "work" / "runs" / "simclr_s0_4steps" / "metrics.jsonl")
               .read_text().splitlines()]
     assert max(r["step"] for r in logged) == 4
-    with pytest.raises(SystemExit, match="simclr_s0_4steps.json: finished with overrides"):
+    with pytest.raises(SystemExit, match="pixels.json: finished with overrides"):
         study_main(["--steps", "4", *no_fractions, "optim.base_lr=0.5"])
-    assert {p.name: p.stat().st_mtime_ns for p in cells.iterdir() if p.name in stamps} == stamps
+    # a new cell under another recipe is refused too: the work dir's random-init cell was scored at width 8
+    finished = {p.name: p.stat().st_mtime_ns for p in cells.iterdir()}
+    with pytest.raises(SystemExit, match="finished with overrides"):
+        study_main(["--steps", "4", "--seeds", "1", *no_fractions, "model.width=4"])
+    assert {p.name: p.stat().st_mtime_ns for p in cells.iterdir()} == finished
 
 
 def test_a_collapsed_cell_names_the_first_window_the_loop_flagged(tmp_path):
