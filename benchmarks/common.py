@@ -100,6 +100,15 @@ def time_ms(fn, device: torch.device, repeats: int, warmup: int = 1) -> list[flo
     return times
 
 
+def matmul_gflop_per_s(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
+    """The yardstick a step's rate is read against: a square n x n x n matmul (2 n^3 FLOPs) on this device,
+    dtype and thread count, the kernel its vendor library tunes best (n = 1024 on a CPU, 4096 on a GPU)."""
+    n = 4096 if device.type == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    ms = statistics.median(time_ms(lambda: a @ b, device, repeats, warmup=2))
+    return round(2 * n**3 / (ms / 1e3) / 1e9, 1)
+
+
 def summary(times_ms: list[float]) -> dict:
     return {
         "ms_median": round(statistics.median(times_ms), 3),

@@ -11,6 +11,9 @@ For each backbone@size, precision and method, on one device with a per-device ba
              is read from the peer environment, --peer)
   ceiling    the bare backbone forward + backward on the same images (all views), no heads, no
              loss, no optimizer: the most any step on this backbone can reach
+Each world-size-1 row also counts the FLOPs of one step (torch.utils.flop_counter: matmuls, convolutions and
+attention, forward and backward as run) and reads its rate against a square matmul on the same device and
+threads (`vs_matmul`: how much of the device's best kernel the step gets; a compiled row takes its eager twin's count).
 With --ranks W, also ours under DDP and FSDP2 on W ranks (torchrun, benchmarks/engines.py) for
 --rank-models x --rank-methods, B images per rank: step time and peak memory per rank, in the same JSON.
 images/s counts source images (B per device per step, all devices), whatever the number of views.
@@ -31,6 +34,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import engines, lightly_methods
 from benchmarks.common import (
@@ -38,6 +42,7 @@ from benchmarks.common import (
     add_common_args,
     loadavg,
     machine,
+    matmul_gflop_per_s,
     print_table,
     setup,
     summary,
@@ -155,11 +160,11 @@ def ceiling_setup(cfg, run: dict, device: torch.device):
     return step
 
 
-def measure_synthetic(step, views: list, batch: int, args, device: torch.device) -> dict:
+def measure_synthetic(step, views: list, batch: int, args, device: torch.device, count_flops: bool = True) -> dict:
     """Median step time over args.steps steps after args.warmup, then the peak memory of one more step
-    above what the warm step holds (parameters, optimizer state: allocated in the warmup). The peak is
-    taken apart from the timed steps: on the CPU PeakMemory counts through a dispatch mode that sees
-    every op, which would slow the step it times. On the CPU also this process's CPU
+    above what the warm step holds (parameters, optimizer state: allocated in the warmup), then, with
+    `count_flops`, the FLOPs of one more. Both are taken apart from the timed steps: each counts through a
+    dispatch mode that sees every op, which would slow the step it times. On the CPU also this process's CPU
     time per timed step, which other processes on a shared core do not inflate as they do the wall time."""
     data = Batch(views=views)
     for _ in range(args.warmup):
@@ -169,6 +174,11 @@ def measure_synthetic(step, views: list, batch: int, args, device: torch.device)
     cpu_ms = {"cpu_ms_per_step": round((time.process_time() - cpu) * 1e3 / args.steps, 1)} if device.type == "cpu" else {}
     with PeakMemory(device) as mem:
         step(data)
+    flops = {}
+    if count_flops:
+        with FlopCounterMode(display=False) as counter:
+            step(data)
+        flops = {"gflop_per_step": round(counter.get_total_flops() / 1e9, 6)}
     s = summary(times)
     return {
         "status": "ok",
@@ -176,6 +186,7 @@ def measure_synthetic(step, views: list, batch: int, args, device: torch.device)
         **cpu_ms,
         "img_per_s": round(batch / (s["ms_median"] / 1e3), 1),
         "peak_mb": mem.peak_mb,
+        **flops,
     }
 def measure_with_loader(step, cfg, args, device: torch.device) -> dict:
     """Full step fed by the real loader: images/s over args.steps steps, and the data-wait fraction."""
@@ -232,7 +243,7 @@ def bench_one(method: str, backbone: str, size: int, run: dict, args, device: to
             row.update(
                 {"status": step}
                 if isinstance(step, str)
-                else measure_synthetic(step, views, args.batch_size, args, device)
+                else measure_synthetic(step, views, args.batch_size, args, device, count_flops=not run["compile"])
             )
         except torch.OutOfMemoryError:
             row["status"] = "out of memory"
@@ -260,6 +271,21 @@ def add_ratios(rows: list[dict]) -> None:
             for other in ("ceiling", "lightly"):
                 if (key(r), other) in ok:
                     r[f"vs_{other}"] = round(r["img_per_s"] / ok[(key(r), other)], 3)
+
+
+def add_flop_rates(rows: list[dict], matmul: dict[str, float]) -> None:
+    """GFLOP/s of each world-size-1 row and its fraction of the square matmul's rate at its precision; a
+    compiled row (whose inductor kernels the counter cannot see) takes the FLOPs of its eager twin."""
+
+    def key(r):
+        return (r["impl"], r["method"], r["model"], r["engine"], r["world_size"], r["precision"], r["channels_last"])
+
+    counted = {key(r): r["gflop_per_step"] for r in rows if "gflop_per_step" in r}
+    for r in rows:
+        if r["status"] == "ok" and "ms_median" in r and key(r) in counted and r["impl"] in ("ours", "lightly", "ceiling"):
+            r["gflop_per_step"] = counted[key(r)]
+            r["gflop_per_s"] = round(r["gflop_per_step"] / (r["ms_median"] / 1e3), 1)
+            r["vs_matmul"] = round(r["gflop_per_s"] / matmul[r["precision"]], 3)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -313,6 +339,9 @@ def main(argv: list[str] | None = None) -> None:
                 for method in args.rank_methods.split(",")
             ])
     add_ratios(rows)
+    matmul = {precision: matmul_gflop_per_s(device, PRECISIONS[precision] or torch.float32)
+              for precision in args.precision.split(",")}
+    add_flop_rates(rows, matmul)
     meta = {
         "what": "one training step; img_per_s counts source images (B per device per step, all devices)",
         "views": "synthetic, already on the device, shaped by each method's ViewSpecs (ours+<backend>: real loader)",
@@ -322,6 +351,10 @@ def main(argv: list[str] | None = None) -> None:
         "peak_memory": f"{PeakMemory.METHOD[device.type]}; world_size 1: one step after the timed ones, above "
                        "the warm step's; world_size W: live tensor bytes (common.LiveTensors) of one step after the "
                        "timed ones, peak_mb during it and state_mb kept after it, the largest rank's",
+        "flops": "torch.utils.flop_counter.FlopCounterMode over one step after the timed ones (matmuls, "
+                 "convolutions, attention; a Triton kernel's FLOPs, the NT-Xent loss's, are not counted, <1% of a "
+                 "ResNet step); vs_matmul = gflop_per_s / matmul_gflop_per_s at the row's precision",
+        "matmul_gflop_per_s": matmul,
         "note": args.note,
         "machine": at_start,
         "loadavg_1m_at_end": loadavg(),
@@ -343,6 +376,9 @@ def main(argv: list[str] | None = None) -> None:
         "img_per_s",
         "peak_mb",
         "state_mb",
+        "gflop_per_step",
+        "gflop_per_s",
+        "vs_matmul",
         "vs_ceiling",
         "vs_lightly",
         "data_wait_frac",

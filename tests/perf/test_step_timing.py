@@ -1,13 +1,14 @@
-"""benchmarks.step times its steps outside PeakMemory: on the CPU the measurement is a dispatch mode that
-sees every op, which would slow the step it times; so the peak comes from one more step after them."""
+"""benchmarks.step times its steps outside PeakMemory and the FLOP counter: each is a dispatch mode that sees
+every op, which would slow the step it times; so the peak and the FLOPs come from more steps after them."""
 
 from __future__ import annotations
 
 import argparse
 
 import torch
+import torch.nn.functional as F
 
-from benchmarks.step import measure_synthetic
+from benchmarks.step import add_flop_rates, measure_synthetic
 
 MIB = 2**20
 
@@ -23,5 +24,29 @@ def test_timed_steps_run_unobserved_and_the_peak_step_comes_after_them():
 
     args = argparse.Namespace(warmup=1, steps=3)
     row = measure_synthetic(step, [], batch=1, args=args, device=torch.device("cpu"))
-    assert observed == [False] * (args.warmup + args.steps) + [True]
-    assert row["repeats"] == args.steps and row["peak_mb"] == 2.0
+    assert observed == [False] * (args.warmup + args.steps) + [True, True]
+    assert row["repeats"] == args.steps and row["peak_mb"] == 2.0 and row["gflop_per_step"] == 0
+
+
+def test_flops_of_a_step_are_the_multiply_adds_it_runs_forward_and_backward():
+    n, c, h, k, out = 64, 3, 16, 3, 5
+    weight = torch.randn(4, c, k, k, requires_grad=True)
+    linear = torch.randn(out, 4 * h * h, requires_grad=True)
+    x = torch.randn(n, c, h, h)  # no gradient: the convolution's backward computes its weight's alone
+
+    def step(batch) -> None:
+        y = F.linear(F.conv2d(x, weight, padding=1).flatten(1), linear)
+        y.sum().backward()
+
+    row = measure_synthetic(step, [], batch=n, args=argparse.Namespace(warmup=1, steps=2), device=torch.device("cpu"))
+    conv = 2 * n * 4 * h * h * c * k * k  # 2 FLOPs per multiply-add, one per output element and kernel tap
+    fc = 2 * n * out * 4 * h * h
+    assert row["gflop_per_step"] == round((2 * conv + 3 * fc) / 1e9, 6)  # conv: forward, grad weight; fc: + grad input
+
+    rows = [{"impl": impl, "method": "m", "model": "net@16", "engine": "ddp", "world_size": 1, "precision": "fp32",
+             "channels_last": True, "compile": compiled, "status": "ok", "ms_median": ms, **extra}
+            for impl, compiled, ms, extra in (("ours", False, 500.0, {"gflop_per_step": 4.0}),
+                                              ("ours", True, 250.0, {}))]
+    add_flop_rates(rows, {"fp32": 32.0})
+    assert [(r["gflop_per_step"], r["gflop_per_s"], r["vs_matmul"]) for r in rows] == [(4.0, 8.0, 0.25),
+                                                                                      (4.0, 16.0, 0.5)]
