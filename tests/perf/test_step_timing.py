@@ -4,11 +4,12 @@ every op, which would slow the step it times; so the peak and the FLOPs come fro
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.step import add_flop_rates, measure_synthetic
+from benchmarks.step import add_flop_rates, main, measure_synthetic
 
 MIB = 2**20
 
@@ -50,3 +51,17 @@ def test_flops_of_a_step_are_the_multiply_adds_it_runs_forward_and_backward():
     add_flop_rates(rows, {"fp32": 32.0})
     assert [(r["gflop_per_step"], r["gflop_per_s"], r["vs_matmul"]) for r in rows] == [(4.0, 8.0, 0.25),
                                                                                       (4.0, 16.0, 0.5)]
+
+
+def test_step_benchmark_writes_flop_rates_for_ours_and_the_ceiling(tmp_path):
+    main(["--models", "resnet18@16", "--methods", "simclr", "--precision", "fp32", "--batch-size", "4", "--steps", "1",
+          "--warmup", "1", "--threads", "1", "--out-dir", str(tmp_path)])
+    result = json.loads(next(tmp_path.glob("step_*.json")).read_text())
+    rows = {r["impl"]: r for r in result["rows"]}
+    ours, ceiling = rows["ours"], rows["ceiling"]
+    # ours runs the ceiling's backbone forward and backward plus heads, loss and optimizer: strictly more
+    assert ours["gflop_per_step"] > ceiling["gflop_per_step"] > 0
+    matmul = result["meta"]["matmul_gflop_per_s"]["fp32"]
+    for r in (ours, ceiling):
+        assert r["gflop_per_s"] == round(r["gflop_per_step"] / (r["ms_median"] / 1e3), 1)
+        assert r["vs_matmul"] == round(r["gflop_per_s"] / matmul, 3)
