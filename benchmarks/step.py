@@ -188,6 +188,8 @@ def measure_synthetic(step, views: list, batch: int, args, device: torch.device,
         "peak_mb": mem.peak_mb,
         **flops,
     }
+
+
 def measure_with_loader(step, cfg, args, device: torch.device) -> dict:
     """Full step fed by the real loader: images/s over args.steps steps, and the data-wait fraction."""
     from trainer.data import build_loader
