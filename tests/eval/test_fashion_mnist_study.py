@@ -118,13 +118,12 @@ def test_a_collapsed_cell_names_the_first_window_the_loop_flagged(tmp_path):
     tiny = ["data.image_size=16", "model.width=8", "train.global_batch_size=32", "data.workers=0", "eval.knn_k=10",
             "train.log_every=1"]
     common = ["--seeds", "0", "--budget-minutes", "0.05", "--shards", str(tmp_path / "shards" / "digits"),
-              "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out"), "--fractions", "",
-              "--probe-epochs", "1", "--calibration-steps", "3"]
-    study_main(["--methods", "dino", *common, *tiny, "method.out_dim=32", "method.teacher_temp=1000",
-                "method.warmup_teacher_temp=1000", "aug.local_crops=0"])
-    study_main(["--methods", "simclr", *common, *tiny])
-    cells = tmp_path / "work" / "cells"
-    dino, simclr = (json.loads((cells / f"{m}_s0_0.05min.json").read_text()) for m in ("dino", "simclr"))
+              "--out-dir", str(tmp_path / "out"), "--fractions", "", "--probe-epochs", "1", "--calibration-steps", "3"]
+    # two recipes, so two work dirs
+    study_main(["--methods", "dino", "--work-dir", str(tmp_path / "dino"), *common, *tiny, "method.out_dim=32",
+                "method.teacher_temp=1000", "method.warmup_teacher_temp=1000", "aug.local_crops=0"])
+    study_main(["--methods", "simclr", "--work-dir", str(tmp_path / "simclr"), *common, *tiny])
+    dino, simclr = (json.loads((tmp_path / m / "cells" / f"{m}_s0_0.05min.json").read_text()) for m in ("dino", "simclr"))
     assert dino["collapse_step"] == 1 and simclr["collapse_step"] is None
 
 
