@@ -260,32 +260,33 @@ def bench_one(method: str, backbone: str, size: int, run: dict, args, device: to
     return rows
 
 
+SETTING = ("method", "model", "engine", "world_size", "precision", "channels_last", "compile")
+
+
+def setting(r: dict, *leave_out: str) -> tuple:
+    """The row's run setting, what rows compared with one another share (less `leave_out`)."""
+    return tuple(r[k] for k in SETTING if k not in leave_out)
+
+
 def add_ratios(rows: list[dict]) -> None:
     """ours / ceiling and ours / lightly for each (method, model, engine, W, precision, layout, compile)."""
-
-    def key(r):
-        return (r["method"], r["model"], r["engine"], r["world_size"], r["precision"], r["channels_last"],
-                r["compile"])
-
-    ok = {(key(r), r["impl"]): r["img_per_s"] for r in rows if r["status"] == "ok"}
+    ok = {(setting(r), r["impl"]): r["img_per_s"] for r in rows if r["status"] == "ok"}
     for r in rows:
         if r["impl"].startswith("ours") and r["status"] == "ok":
             for other in ("ceiling", "lightly"):
-                if (key(r), other) in ok:
-                    r[f"vs_{other}"] = round(r["img_per_s"] / ok[(key(r), other)], 3)
+                if (setting(r), other) in ok:
+                    r[f"vs_{other}"] = round(r["img_per_s"] / ok[(setting(r), other)], 3)
 
 
 def add_flop_rates(rows: list[dict], matmul: dict[str, float]) -> None:
     """GFLOP/s of each world-size-1 row and its fraction of the square matmul's rate at its precision; a
     compiled row (whose inductor kernels the counter cannot see) takes the FLOPs of its eager twin."""
 
-    def key(r):
-        return (r["impl"], r["method"], r["model"], r["engine"], r["world_size"], r["precision"], r["channels_last"])
-
-    counted = {key(r): r["gflop_per_step"] for r in rows if "gflop_per_step" in r}
+    counted = {(r["impl"], setting(r, "compile")): r["gflop_per_step"] for r in rows if "gflop_per_step" in r}
     for r in rows:
-        if r["status"] == "ok" and "ms_median" in r and key(r) in counted and r["impl"] in ("ours", "lightly", "ceiling"):
-            r["gflop_per_step"] = counted[key(r)]
+        key = (r["impl"], setting(r, "compile"))
+        if r["status"] == "ok" and key in counted:
+            r["gflop_per_step"] = counted[key]
             r["gflop_per_s"] = round(r["gflop_per_step"] / (r["ms_median"] / 1e3), 1)
             r["vs_matmul"] = round(r["gflop_per_s"] / matmul[r["precision"]], 3)
 
