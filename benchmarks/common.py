@@ -293,6 +293,8 @@ def write_results(
         **summary,
         "rows": rows,
     }
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    partial = path.with_name(path.name + ".partial")  # a reader, or a crash, never leaves half a table
+    partial.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(partial, path)
     print(f"wrote {path}")
     return path

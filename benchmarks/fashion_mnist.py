@@ -18,9 +18,11 @@ the same kNN and scikit-learn's logistic regression on the eval-view pixels; `ra
 the first method's network with random weights the same way (what pretraining must add to).
 
 Each cell writes <work-dir>/cells/<cell>.json when it finishes, and a rerun skips cells whose file
-exists, so the study runs in pieces; a work dir holds one recipe: a run whose overrides differ from any
-finished cell's, reference cells included, is refused before it trains. After every cell the
-finished cells are gathered into results/fashion_mnist_<device>_<date>.json and a chart (.png beside it).
+exists, so the study runs in pieces (delete a cell's file to run it again); a work dir holds one recipe: a
+run whose overrides differ from any finished cell's, reference cells included, is refused before it trains.
+After every cell the finished cells are gathered into results/fashion_mnist_<device>_<date>.json and a
+chart (.png beside it). `--from-results FILE` makes a committed results JSON's rows finished cells of the
+work dir, each marked `from_results: FILE` (measured then, not recomputed), so new cells join its table.
 """
 
 from __future__ import annotations
@@ -190,6 +192,25 @@ def random_init_cell(data: Data, config: Path, args: argparse.Namespace, device:
             "config": config.name}
 
 
+def seed_cells(results: Path, cells_dir: Path) -> list[str]:
+    """The rows of a results JSON as finished cells of `cells_dir`, those not there yet; returns their names."""
+    try:
+        rows = json.loads(results.read_text())["rows"]
+        names = [row["cell"] for row in rows]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--from-results {results}: not a results JSON whose rows name their cell ({e!r})")
+    bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
+    if bad:
+        raise SystemExit(f"--from-results {results}: cell names that are not file names: {bad}")
+    seeded = []
+    for row in rows:
+        path = cells_dir / f"{row['cell']}.json"
+        if not path.exists():
+            write_json(path, {**row, "from_results": row.get("from_results", results.name)})
+            seeded.append(row["cell"])
+    return seeded
+
+
 def gather(cells_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(cells_dir.glob("*.json"))]
 
@@ -265,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ranks", type=int, default=1,
                    help="pretrain as this many gloo processes (torchrun, DDP + SyncBN) sharing --threads; "
                         "cells get an _<R>ranks suffix")
+    p.add_argument("--from-results", type=Path, action="append", default=[],
+                   help="a results JSON whose rows become finished cells of --work-dir (any not there yet), "
+                        "so this run's cells join its table; repeatable")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every method's config")
     add_common_args(p)
     args = p.parse_args(argv)
@@ -276,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--methods: no config {', '.join(missing)}")
     cells_dir = args.work_dir / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
+    for results in args.from_results:
+        print(f"{results}: seeded cells {seed_cells(results, cells_dir)}")
     reference = load_config(config_path(methods[0]), [f"data.shards={args.shards}", *args.overrides])
     data = None
     todo = [("pixels", None, None), (f"random_init_{methods[0]}", "random", None)]

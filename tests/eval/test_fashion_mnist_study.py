@@ -3,6 +3,7 @@ project's eval, written as they finish, skipped on a rerun, gathered into the re
 
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -107,6 +108,43 @@ def test_study_cells_results_and_rerun(tmp_path, capsys):
     with pytest.raises(SystemExit, match="finished with overrides"):
         study_main(["--steps", "4", "--seeds", "1", *no_fractions, "model.width=4"])
     assert {p.name: p.stat().st_mtime_ns for p in cells.iterdir()} == finished
+
+
+def test_a_results_json_seeds_finished_cells_that_join_its_table(tmp_path):
+    """--from-results: a committed table's rows become finished cells, each marked with the file it came from,
+    so nothing trains and the new table holds them; a cell already in the work dir is kept; a seeded row run
+    under other overrides is refused like any finished cell; a file that is not a results table is named."""
+    rows = [{"cell": "pixels", "knn": 0.857, "linear": 0.838},
+            {"cell": "random_init_simclr", "knn": 0.769, "linear": 0.770, "config": "fashion_mnist_simclr.yaml"},
+            {"cell": "simclr_s0_4steps", "method": "simclr", "seed": 0, "budget_minutes": None, "budget_steps": 4,
+             "ranks": 1, "steps": 4, "knn": 0.8, "linear": 0.81, "label_efficiency": [], "overrides": []}]
+    committed = tmp_path / "fashion_mnist_cpu-1core_2026-12-02.json"
+    committed.write_text(json.dumps({"bench": "fashion_mnist", "rows": rows}))
+    work, out = tmp_path / "work", tmp_path / "out"
+    argv = ["--steps", "4", "--methods", "simclr", "--fractions", "", "--work-dir", str(work), "--out-dir", str(out),
+            "--shards", str(tmp_path / "no-shards-needed")]
+    study_main([*argv, "--from-results", str(committed)])
+    table = json.loads(next(out.glob("fashion_mnist_*.json")).read_text())["rows"]
+    assert table == [{**r, "from_results": committed.name} for r in rows]
+    assert not (work / "runs").exists()  # nothing calibrated, trained or scored
+
+    later = tmp_path / "later.json"
+    later.write_text(json.dumps({"rows": [{**rows[2], "knn": 0.1}, {**rows[2], "cell": "simclr_s1_4steps", "seed": 1}]}))
+    study_main([*argv, "--seeds", "0,1", "--from-results", str(later)])
+    table = {r["cell"]: r for r in json.loads(next(out.glob("fashion_mnist_*.json")).read_text())["rows"]}
+    assert (table["simclr_s0_4steps"]["knn"], table["simclr_s0_4steps"]["from_results"]) == (0.8, committed.name)
+    assert table["simclr_s1_4steps"]["from_results"] == "later.json" and not (work / "runs").exists()
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"rows": [{**rows[2], "overrides": ["optim.base_lr=0.5"]}]}))
+    with pytest.raises(SystemExit, match="simclr_s0_4steps.json: finished with overrides"):
+        study_main([*argv, "--work-dir", str(tmp_path / "fresh"), "--from-results", str(other)])
+    for text, why in (("{not json", "not a results JSON"), ('{"rows": [{"knn": 0.5}]}', "not a results JSON"),
+                      ('{"rows": [{"cell": "../pixels"}]}', "cell names that are not file names")):
+        other.write_text(text)
+        with pytest.raises(SystemExit, match=re.escape(f"--from-results {other}: {why}")):
+            study_main([*argv, "--work-dir", str(tmp_path / "bad"), "--from-results", str(other)])
+    assert not (tmp_path / "bad" / "cells").exists() or not any((tmp_path / "bad" / "cells").iterdir())
 
 
 def test_a_collapsed_cell_names_the_first_window_the_loop_flagged(tmp_path):

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from trainer.methods import METHODS
 from trainer.registry import load_config
@@ -65,3 +71,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def on_gloo_ranks(world_size: int, folder: Path, rank_fn: Callable, inputs):
+    """`rank_fn(rank, world_size, inputs)` in `world_size` spawned processes joined in a gloo group on
+    127.0.0.1, one thread each (they share the cores); returns what rank 0 returned. `inputs` and the result
+    travel through files in `folder`, as a launcher's ranks would read theirs."""
+    torch.save(inputs, Path(folder) / "inputs.pt")
+    mp.spawn(_gloo_rank, args=(world_size, free_port(), str(folder), rank_fn), nprocs=world_size, join=True)
+    return torch.load(Path(folder) / "results.pt")
+
+
+def _gloo_rank(rank: int, world_size: int, port: int, folder: str, rank_fn: Callable) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(GLOO_SOCKET_IFNAME="lo", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        result = rank_fn(rank, world_size, torch.load(Path(folder) / "inputs.pt"))
+        if rank == 0:
+            torch.save(result, Path(folder) / "results.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_step(method: nn.Module, views: list[torch.Tensor], rank: int, world_size: int) -> torch.Tensor:
+    """Forward and backward of this rank's equal slice of the global `views` under DDP (which averages the
+    gradients over ranks); returns the loss averaged over ranks, what one process computes on all of it."""
+    per_rank = views[0].shape[0] // world_size
+    ddp = DistributedDataParallel(method)  # held: its reducer must outlive the backward
+    out = ddp(Batch([v[rank * per_rank:(rank + 1) * per_rank] for v in views]))
+    out.loss.backward()
+    loss = out.loss.detach().clone()
+    dist.all_reduce(loss)
+    return loss / world_size

@@ -8,14 +8,12 @@ runs in float64, so only regrouped sums separate the two sides. Ranks are real p
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import functools
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from method_helpers import TINY_CHAIN, free_port, random_batch, tiny_method, without_batchnorm
+from method_helpers import TINY_CHAIN, on_gloo_ranks, random_batch, tiny_method, without_batchnorm
 from tolerance import rounding_bound
 
 from trainer.config import Config, EngineConfig, OptimConfig, TrainConfig
@@ -54,7 +52,7 @@ def micro_batches(views, rank, world_size, accumulation):
     return [Batch([v[s:s + n] for v in views]) for s in starts]
 
 
-def run_rank(rank, world_size, accumulation, inputs):
+def run_rank(rank, world_size, inputs, accumulation):
     results = {}
     for name in COUPLED:
         state, views = inputs[name]
@@ -67,17 +65,6 @@ def run_rank(rank, world_size, accumulation, inputs):
             dist.all_reduce(loss)
         results[name] = (loss / world_size, grads_of(engine.module))
     return results
-
-
-def _rank_main(rank, world_size, accumulation, port, folder):
-    torch.set_num_threads(1)
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    results = run_rank(rank, world_size, accumulation, torch.load(Path(folder) / "inputs.pt"))
-    if rank == 0:
-        torch.save(results, Path(folder) / "results.pt")
-    dist.destroy_process_group()
-
 
 
 def reference():
@@ -106,7 +93,7 @@ def assert_equal_to_reference(got, want):
 
 def test_one_process_four_micro_batches_equals_the_whole_batch():
     inputs, want = reference()
-    assert_equal_to_reference(run_rank(0, 1, 4, inputs), want)
+    assert_equal_to_reference(run_rank(0, 1, inputs, accumulation=4), want)
 
 
 def test_plain_accumulation_would_not():
@@ -126,6 +113,5 @@ def test_plain_accumulation_would_not():
 @pytest.mark.parametrize("world_size,accumulation", [(2, 2), (4, 1)])
 def test_ranks_and_micro_batches_equal_the_whole_batch(world_size, accumulation, tmp_path):
     inputs, want = reference()
-    torch.save(inputs, tmp_path / "inputs.pt")
-    mp.spawn(_rank_main, args=(world_size, accumulation, free_port(), str(tmp_path)), nprocs=world_size, join=True)
-    assert_equal_to_reference(torch.load(tmp_path / "results.pt"), want)
+    got = on_gloo_ranks(world_size, tmp_path, functools.partial(run_rank, accumulation=accumulation), inputs)
+    assert_equal_to_reference(got, want)

@@ -7,19 +7,21 @@ everything runs in float64, so the comparison is exact to rounding. Each batch h
 so the multi-crop pairs are covered too (RotNet has its four rotations instead).
 """
 
-import os
-from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from method_helpers import TINY_CHAIN, VIT_ONLY, free_port, random_batch, tiny_method, without_batchnorm
+from method_helpers import (
+    TINY_CHAIN,
+    VIT_ONLY,
+    ddp_step,
+    on_gloo_ranks,
+    random_batch,
+    tiny_method,
+    without_batchnorm,
+)
 from tolerance import rounding_bound
-from torch.nn.parallel import DistributedDataParallel
 
 from trainer.methods import METHODS
-from trainer.types import Batch
 
 NAMES = tuple(sorted(set(METHODS) - VIT_ONLY))  # MAE (per-sample loss, a ViT): tests/methods/test_mae.py
 PER_RANK = 2
@@ -39,27 +41,15 @@ def buffers(method):
     return {name: b.clone() for name, b in method.named_buffers()}
 
 
-def _rank_main(rank, world_size, port, folder):
-    torch.set_num_threads(1)
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    inputs = torch.load(Path(folder) / "inputs.pt")
+def rank_results(rank, world_size, inputs):
     results = {}
     for name in NAMES:
         state, views = inputs[name]
         method, _ = build(name)
         method.load_state_dict(state)
-        local = Batch([v[rank * PER_RANK : (rank + 1) * PER_RANK] for v in views])
-        ddp = DistributedDataParallel(method)  # held: its reducer must outlive the backward
-        out = ddp(local)
-        out.loss.backward()  # DDP averages the gradients over ranks
-        loss = out.loss.detach().clone()
-        dist.all_reduce(loss)
-        results[name] = (loss / world_size, trainable_grads(method), buffers(method))
-    if rank == 0:
-        torch.save(results, Path(folder) / "results.pt")
-    dist.destroy_process_group()
-
+        loss = ddp_step(method, views, rank, world_size)
+        results[name] = (loss, trainable_grads(method), buffers(method))
+    return results
 
 
 @pytest.mark.slow
@@ -74,9 +64,7 @@ def test_ddp_equals_one_process_on_the_whole_batch(world_size, tmp_path):
         out = method(batch)
         out.loss.backward()
         want[name] = (out.loss.detach(), trainable_grads(method), buffers(method))
-    torch.save(inputs, tmp_path / "inputs.pt")
-    mp.spawn(_rank_main, args=(world_size, free_port(), str(tmp_path)), nprocs=world_size, join=True)
-    got = torch.load(tmp_path / "results.pt")
+    got = on_gloo_ranks(world_size, tmp_path, rank_results, inputs)
     for name in NAMES:
         (loss, grads, bufs), (ref_loss, ref_grads, ref_bufs) = got[name], want[name]
         # float64 throughout: the ranks sum the same terms in another order, each result within

@@ -8,22 +8,16 @@ of the per-rank statistics separate the two sides.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from method_helpers import free_port, random_batch, tiny_method
+from method_helpers import ddp_step, on_gloo_ranks, random_batch, tiny_method
 from tolerance import rounding_bound
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from trainer.config import Config, EngineConfig, OptimConfig, TrainConfig
 from trainer.dist import DistContext
 from trainer.engine.sync_bn import GlobalBatchNorm, convert_sync_batchnorm
-from trainer.types import Batch
 
 NAMES = ("simclr", "byol", "vicreg")
 PER_RANK = 3
@@ -42,29 +36,18 @@ def batchnorm_state(module):
     return {k: v.clone() for k, v in module.state_dict().items() if "running_" in k}
 
 
-def _rank_main(rank, world_size, port, folder):
-    torch.set_num_threads(1)
-    os.environ.update(GLOO_SOCKET_IFNAME="lo", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    inputs = torch.load(Path(folder) / "inputs.pt")
+def rank_results(rank, world_size, inputs):
     results = {}
     for name in NAMES:
         state, views = inputs[name]
         method, _ = build(name)
         method.load_state_dict(state)
         method = convert_sync_batchnorm(method, torch.device("cpu"))
-        local = Batch([v[rank * PER_RANK:(rank + 1) * PER_RANK] for v in views])
-        ddp = DistributedDataParallel(method)  # held: its reducer must outlive the backward
-        out = ddp(local)
-        out.loss.backward()  # DDP averages the gradients over ranks
-        loss = out.loss.detach().clone()
-        dist.all_reduce(loss)
+        loss = ddp_step(method, views, rank, world_size)
         grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
-        results[name] = (loss / world_size, grads, batchnorm_state(method))
+        results[name] = (loss, grads, batchnorm_state(method))
     results["deepspeed"] = deepspeed_running_means(rank, world_size)
-    if rank == 0:
-        torch.save(results, Path(folder) / "results.pt")
-    dist.destroy_process_group()
+    return results
 
 
 def deepspeed_running_means(rank, world_size):
@@ -86,7 +69,6 @@ def deepspeed_running_means(rank, world_size):
     parts = [torch.empty_like(flat) for _ in range(world_size)]
     dist.all_gather(parts, flat)
     return torch.stack(parts)
-
 
 
 def test_conversion_keeps_state_dtype_and_mode_and_is_plain_batchnorm_in_one_process():
@@ -125,9 +107,7 @@ def test_sync_bn_equals_one_process_on_the_whole_batch(world_size, tmp_path):
         out.loss.backward()
         grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
         want[name] = (out.loss.detach(), grads, batchnorm_state(method))
-    torch.save(inputs, tmp_path / "inputs.pt")
-    mp.spawn(_rank_main, args=(world_size, free_port(), str(tmp_path)), nprocs=world_size, join=True)
-    got = torch.load(tmp_path / "results.pt")
+    got = on_gloo_ranks(world_size, tmp_path, rank_results, inputs)
     for name in NAMES:
         (loss, grads, stats), (ref_loss, ref_grads, ref_stats) = got[name], want[name]
         assert ref_stats and stats.keys() == ref_stats.keys() and grads.keys() == ref_grads.keys()
@@ -149,10 +129,7 @@ def batchnorm(dims: int, channels: int, affine: bool) -> nn.Module:
     return (nn.BatchNorm2d if dims == 4 else nn.BatchNorm1d)(channels, affine=affine).double()
 
 
-def _layer_rank_main(rank, world_size, port, folder):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    cases = torch.load(Path(folder) / "layers.pt")
+def layer_rank_results(rank, world_size, cases):
     results = []
     for affine, state, x, dy in cases:
         layer = convert_sync_batchnorm(batchnorm(x.dim(), x.shape[1], affine), torch.device("cpu"))
@@ -171,9 +148,7 @@ def _layer_rank_main(rank, world_size, port, folder):
         dist.all_gather(dxs, part.grad.contiguous())
         results.append((torch.cat(ys), torch.cat(dxs), grads, batchnorm_state(layer), part.grad.is_contiguous(
             memory_format=torch.channels_last) if x.dim() == 4 else True))
-    if rank == 0:
-        torch.save(results, Path(folder) / "layer_results.pt")
-    dist.destroy_process_group()
+    return results
 
 
 @pytest.mark.slow
@@ -192,9 +167,7 @@ def test_global_batchnorm_layer_on_channels_last_and_without_affine_equals_batch
         x = 3.0 + 2.0 * torch.randn(shape, dtype=torch.float64, generator=gen)  # an offset mean, as after a ReLU
         bns.append(bn)
         cases.append((affine, bn.state_dict(), x, torch.randn(shape, dtype=torch.float64, generator=gen)))
-    torch.save(cases, tmp_path / "layers.pt")
-    mp.spawn(_layer_rank_main, args=(world_size, free_port(), str(tmp_path)), nprocs=world_size, join=True)
-    got = torch.load(tmp_path / "layer_results.pt")
+    got = on_gloo_ranks(world_size, tmp_path, layer_rank_results, cases)
     for bn, (_, _, x, dy), (y, dx, grads, stats, channels_last) in zip(bns, cases, got):
         x = x.clone().requires_grad_(True)
         want = bn(x)
