@@ -55,6 +55,30 @@ def random_batch(views: list[ViewSpec], n: int, seed: int = 0, dtype=torch.float
     return Batch([torch.randn(n, 3, v.size, v.size, generator=gen, dtype=dtype) for v in views])
 
 
+def float64_method(name: str, batchnorm: bool = False):
+    """(method, views): the tiny_method of the multi-rank tests (8 px, width 4, heads of 16, seed 0) in float64,
+    per-sample (BatchNorm removed) unless `batchnorm`; TINY_CHAIN bounds its BN-free gradients."""
+    torch.manual_seed(0)
+    method, views = tiny_method(name, image_size=8, width=4, head_dim=16)
+    return (method if batchnorm else without_batchnorm(method)).double(), views
+
+
+def whole_batch_runs(names, batch_size: int, outcome: Callable, batchnorm: bool = False):
+    """Each method's one-process float64 step on a random batch of `batch_size`: (inputs, want), where inputs[name]
+    is what every rank starts from (the state before the step, the whole batch's views) and want[name] is
+    `outcome(method, loss)` after the backward."""
+    inputs, want = {}, {}
+    for seed, name in enumerate(names):
+        method, views = float64_method(name, batchnorm)
+        batch = random_batch(views, batch_size, seed=seed, dtype=torch.float64)
+        # copies: the forward moves buffers in place (DINO's center); the ranks start from before it
+        inputs[name] = ({k: v.clone() for k, v in method.state_dict().items()}, batch.views)
+        out = method(batch)
+        out.loss.backward()
+        want[name] = outcome(method, out.loss.detach())
+    return inputs, want
+
+
 def without_batchnorm(module: nn.Module) -> nn.Module:
     """Every BatchNorm replaced by Identity, in place: per-sample networks, so a batch split over
     ranks computes exactly what the whole batch does in one process."""

@@ -13,7 +13,7 @@ import functools
 import pytest
 import torch
 import torch.distributed as dist
-from method_helpers import TINY_CHAIN, on_gloo_ranks, random_batch, tiny_method, without_batchnorm
+from method_helpers import TINY_CHAIN, float64_method, on_gloo_ranks, whole_batch_runs
 from tolerance import rounding_bound
 
 from trainer.config import Config, EngineConfig, OptimConfig, TrainConfig
@@ -24,12 +24,6 @@ from trainer.types import Batch
 
 COUPLED = [name for name, cls in METHODS.items() if cls.couples_samples]
 GLOBAL_BATCH = 8
-
-
-def build(name):
-    torch.manual_seed(0)
-    method, views = tiny_method(name, image_size=8, width=4, head_dim=16)
-    return without_batchnorm(method).double(), views
 
 
 def grads_of(method):
@@ -56,7 +50,7 @@ def run_rank(rank, world_size, inputs, accumulation):
     results = {}
     for name in COUPLED:
         state, views = inputs[name]
-        method, _ = build(name)
+        method, _ = float64_method(name)
         method.load_state_dict(state)
         engine = engine_for(method, world_size, accumulation, DistContext(rank, rank, world_size, world_size))
         outputs = engine.forward_backward(micro_batches(views, rank, world_size, accumulation))
@@ -68,15 +62,7 @@ def run_rank(rank, world_size, inputs, accumulation):
 
 
 def reference():
-    inputs, want = {}, {}
-    for seed, name in enumerate(COUPLED):
-        method, views = build(name)
-        batch = random_batch(views, GLOBAL_BATCH, seed=seed, dtype=torch.float64)
-        inputs[name] = ({k: v.clone() for k, v in method.state_dict().items()}, batch.views)
-        out = method(batch)
-        out.loss.backward()
-        want[name] = (out.loss.detach(), grads_of(method))
-    return inputs, want
+    return whole_batch_runs(COUPLED, GLOBAL_BATCH, lambda method, loss: (loss, grads_of(method)))
 
 
 def assert_equal_to_reference(got, want):
@@ -101,7 +87,7 @@ def test_plain_accumulation_would_not():
     inputs, want = reference()
     for name in COUPLED:
         state, views = inputs[name]
-        method, _ = build(name)
+        method, _ = float64_method(name)
         method.load_state_dict(state)
         for batch in micro_batches(views, 0, 1, 4):
             (method(batch).loss / 4).backward()

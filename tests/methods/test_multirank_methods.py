@@ -14,10 +14,9 @@ from method_helpers import (
     TINY_CHAIN,
     VIT_ONLY,
     ddp_step,
+    float64_method,
     on_gloo_ranks,
-    random_batch,
-    tiny_method,
-    without_batchnorm,
+    whole_batch_runs,
 )
 from tolerance import rounding_bound
 
@@ -25,12 +24,6 @@ from trainer.methods import METHODS
 
 NAMES = tuple(sorted(set(METHODS) - VIT_ONLY))  # MAE (per-sample loss, a ViT): tests/methods/test_mae.py
 PER_RANK = 2
-
-
-def build(name):
-    torch.manual_seed(0)
-    method, views = tiny_method(name, image_size=8, width=4, head_dim=16)
-    return without_batchnorm(method).double(), views
 
 
 def trainable_grads(method):
@@ -41,29 +34,24 @@ def buffers(method):
     return {name: b.clone() for name, b in method.named_buffers()}
 
 
+def outcome(method, loss):
+    return loss, trainable_grads(method), buffers(method)
+
+
 def rank_results(rank, world_size, inputs):
     results = {}
     for name in NAMES:
         state, views = inputs[name]
-        method, _ = build(name)
+        method, _ = float64_method(name)
         method.load_state_dict(state)
-        loss = ddp_step(method, views, rank, world_size)
-        results[name] = (loss, trainable_grads(method), buffers(method))
+        results[name] = outcome(method, ddp_step(method, views, rank, world_size))
     return results
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_ddp_equals_one_process_on_the_whole_batch(world_size, tmp_path):
-    inputs, want = {}, {}
-    for seed, name in enumerate(NAMES):
-        method, views = build(name)
-        batch = random_batch(views, world_size * PER_RANK, seed=seed, dtype=torch.float64)
-        # copies: the forward below moves buffers in place (DINO's center), the ranks start from before it
-        inputs[name] = ({k: v.clone() for k, v in method.state_dict().items()}, batch.views)
-        out = method(batch)
-        out.loss.backward()
-        want[name] = (out.loss.detach(), trainable_grads(method), buffers(method))
+    inputs, want = whole_batch_runs(NAMES, world_size * PER_RANK, outcome)
     got = on_gloo_ranks(world_size, tmp_path, rank_results, inputs)
     for name in NAMES:
         (loss, grads, bufs), (ref_loss, ref_grads, ref_bufs) = got[name], want[name]

@@ -11,7 +11,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-from method_helpers import ddp_step, on_gloo_ranks, random_batch, tiny_method
+from method_helpers import (
+    ddp_step,
+    float64_method,
+    on_gloo_ranks,
+    random_batch,
+    tiny_method,
+    whole_batch_runs,
+)
 from tolerance import rounding_bound
 from torch import nn
 
@@ -26,26 +33,23 @@ PER_RANK = 3
 CHAIN = 2 * 20 * (9 * 32 + 12 * 8 * 8)
 
 
-def build(name):
-    torch.manual_seed(0)
-    method, views = tiny_method(name, image_size=8, width=4, head_dim=16)
-    return method.double(), views
-
-
 def batchnorm_state(module):
     return {k: v.clone() for k, v in module.state_dict().items() if "running_" in k}
+
+
+def outcome(method, loss):
+    grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+    return loss, grads, batchnorm_state(method)
 
 
 def rank_results(rank, world_size, inputs):
     results = {}
     for name in NAMES:
         state, views = inputs[name]
-        method, _ = build(name)
+        method, _ = float64_method(name, batchnorm=True)
         method.load_state_dict(state)
         method = convert_sync_batchnorm(method, torch.device("cpu"))
-        loss = ddp_step(method, views, rank, world_size)
-        grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
-        results[name] = (loss, grads, batchnorm_state(method))
+        results[name] = outcome(method, ddp_step(method, views, rank, world_size))
     results["deepspeed"] = deepspeed_running_means(rank, world_size)
     return results
 
@@ -98,15 +102,7 @@ def test_conversion_keeps_state_dtype_and_mode_and_is_plain_batchnorm_in_one_pro
 @pytest.mark.slow
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_sync_bn_equals_one_process_on_the_whole_batch(world_size, tmp_path):
-    inputs, want = {}, {}
-    for seed, name in enumerate(NAMES):
-        method, views = build(name)
-        batch = random_batch(views, world_size * PER_RANK, seed=seed, dtype=torch.float64)
-        inputs[name] = ({k: v.clone() for k, v in method.state_dict().items()}, batch.views)
-        out = method(batch)
-        out.loss.backward()
-        grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
-        want[name] = (out.loss.detach(), grads, batchnorm_state(method))
+    inputs, want = whole_batch_runs(NAMES, world_size * PER_RANK, outcome, batchnorm=True)
     got = on_gloo_ranks(world_size, tmp_path, rank_results, inputs)
     for name in NAMES:
         (loss, grads, stats), (ref_loss, ref_grads, ref_stats) = got[name], want[name]
