@@ -238,10 +238,12 @@ def over_seeds(rows: list[dict]) -> list[dict]:
         entry = {"method": method, "budget_minutes": budget, "budget_steps": budget_steps, "ranks": ranks,
                  "seeds": sorted(c["seed"] for c in cells),
                  **{k: spread([c[k] for c in cells]) for k in (*SCORES, "steps")}}
-        fractions = sorted({le["fraction"] for c in cells for le in c.get("label_efficiency", [])})
-        entry["label_efficiency"] = [
-            {"fraction": f, **{k: spread([le[k] for c in cells for le in c["label_efficiency"] if le["fraction"] == f])
-                               for k in LABEL_SCORES}} for f in fractions]
+        entry["label_efficiency"] = []  # over the seeds that ran each fraction (a run may skip them: --fractions '')
+        for f in sorted({le["fraction"] for c in cells for le in c.get("label_efficiency", [])}):
+            runs = {c["seed"]: le for c in cells for le in c.get("label_efficiency", []) if le["fraction"] == f}
+            if len(runs) > 1:
+                entry["label_efficiency"].append({"fraction": f, "seeds": sorted(runs), **{
+                    k: spread([le[k] for le in runs.values()]) for k in LABEL_SCORES}})
         out.append(entry)
     return out
 

@@ -186,3 +186,17 @@ def test_over_seeds_gives_mean_and_sample_spread_per_method_and_budget():
     (row,) = summary["label_efficiency"]
     assert row["fraction"] == 0.01 and row["scratch"] == {"mean": pytest.approx(0.7), "stdev": pytest.approx(0.0)}
     assert row["ssl_finetune"]["stdev"] == pytest.approx(np.std(finetune, ddof=1), abs=1e-12)
+
+
+def test_over_seeds_spreads_label_efficiency_over_the_seeds_that_ran_it():
+    """A seed run with --fractions '' joins the kNN and linear spread, not the label-efficiency one."""
+    def cell(seed, knn, fractions):
+        return {"cell": f"simsiam_s{seed}_650steps", "method": "simsiam", "seed": seed, "budget_minutes": None,
+                "budget_steps": 650, "knn": knn, "linear": knn, "steps": 650,
+                "label_efficiency": [{"fraction": f, "ssl_linear": knn - f, "ssl_finetune": knn + f, "scratch": 0.78}
+                                     for f in fractions]}
+    (summary,) = study.over_seeds([cell(0, 0.82, [0.01, 0.1]), cell(1, 0.79, []), cell(2, 0.80, [0.1])])
+    assert summary["seeds"] == [0, 1, 2] and summary["knn"]["mean"] == pytest.approx((0.82 + 0.79 + 0.80) / 3)
+    (row,) = summary["label_efficiency"]  # 1%: seed 0 alone, no spread
+    assert (row["fraction"], row["seeds"]) == (0.1, [0, 2])
+    assert row["ssl_finetune"]["stdev"] == pytest.approx(np.std([0.92, 0.90], ddof=1), abs=1e-12)
