@@ -71,7 +71,7 @@ def device_label(device: torch.device) -> str:
 
 def machine() -> dict:
     """The CPU model (/proc/cpuinfo) and the vector instructions torch's CPU kernels use (two machines here that
-    both read "AMD EPYC" ran the same step 1.5-2.2x apart), the cores this process may use, and the 1-minute
+    both read "AMD EPYC" ran the same steps 1.4-2x apart), the cores this process may use, and the 1-minute
     load average now."""
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),

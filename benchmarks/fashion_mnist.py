@@ -262,7 +262,7 @@ def chart(rows: list[dict], path: Path) -> None:
     ax.set_ylim(100 * min(r[k] for r in rows for k in ("knn", "linear")) - 5, 100)
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("Fashion-MNIST: all train labels")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
