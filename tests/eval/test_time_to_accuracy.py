@@ -89,15 +89,21 @@ def test_peer_backbone_is_ours_parameter_for_parameter(width, small_stem):
         assert torch.equal(peer(x), ours(x)) and peer(x).shape == (2, dim)
 
 
+def ticker(ticks: Path, artifact: Path) -> str:
+    """A program that counts 10 ms ticks into `ticks` and touches `artifact` at tick 20; each count replaces the
+    file whole, so a reader (or a SIGSTOP between truncating and writing) never leaves it empty."""
+    return ("import os, time, pathlib\n"
+            f"t, a = pathlib.Path({str(ticks)!r}), pathlib.Path({str(artifact)!r})\n"
+            "for i in range(10**6):\n"
+            "    t.with_suffix('.new').write_text(str(i))\n"
+            "    os.replace(t.with_suffix('.new'), t)\n"
+            "    if i == 20: a.touch()\n"
+            "    time.sleep(0.01)\n")
+
+
 def test_a_turn_runs_until_its_artifact_then_freezes_the_process(tmp_path):
     ticks, artifact = tmp_path / "ticks", tmp_path / "done"
-    child = ("import time, pathlib\n"
-             f"t, a = pathlib.Path({str(ticks)!r}), pathlib.Path({str(artifact)!r})\n"
-             "for i in range(10**6):\n"
-             "    t.write_text(str(i))\n"
-             "    if i == 20: a.touch()\n"
-             "    time.sleep(0.01)\n")
-    turns = Turns("child", [sys.executable, "-c", child], tmp_path / "child.log", env={})
+    turns = Turns("child", [sys.executable, "-c", ticker(ticks, artifact)], tmp_path / "child.log", env={})
     try:
         time.sleep(0.3)
         assert not ticks.exists()  # started frozen: nothing runs before its first turn
@@ -123,14 +129,8 @@ def _alive(pid: int) -> bool:
 def test_a_turn_freezes_descendants_in_sessions_of_their_own(tmp_path):
     # torchrun starts each rank with start_new_session=True: a grandchild outside the root's group
     ticks, artifact, pid_file = tmp_path / "ticks", tmp_path / "done", tmp_path / "pid"
-    grandchild = ("import time, pathlib\n"
-                  f"t, a = pathlib.Path({str(ticks)!r}), pathlib.Path({str(artifact)!r})\n"
-                  "for i in range(10**6):\n"
-                  "    t.write_text(str(i))\n"
-                  "    if i == 20: a.touch()\n"
-                  "    time.sleep(0.01)\n")
     child = ("import subprocess, sys, pathlib\n"
-             f"g = subprocess.Popen([sys.executable, '-c', {grandchild!r}], start_new_session=True)\n"
+             f"g = subprocess.Popen([sys.executable, '-c', {ticker(ticks, artifact)!r}], start_new_session=True)\n"
              f"pathlib.Path({str(pid_file)!r}).write_text(str(g.pid))\n"
              "g.wait()\n")
     turns = Turns("tree", [sys.executable, "-c", child], tmp_path / "tree.log", env={})
@@ -145,8 +145,10 @@ def test_a_turn_freezes_descendants_in_sessions_of_their_own(tmp_path):
         time.sleep(0.3)
         assert ticks.read_text() == frozen_at  # the grandchild is frozen too
         artifact.unlink()
-        turns._signal(signal.SIGCONT)  # resumed: it ticks on
-        time.sleep(0.3)
+        turns._signal(signal.SIGCONT)  # resumed: it ticks on (soon, or later on a loaded machine)
+        deadline = time.monotonic() + 10
+        while int(ticks.read_text()) == int(frozen_at) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert int(ticks.read_text()) > int(frozen_at)
     finally:
         turns.finish(completed=False)
