@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import json
 import os
 import re
 import statistics
@@ -26,6 +25,8 @@ from torch.utils._python_dispatch import (
     is_traceable_wrapper_subclass,
     is_traceable_wrapper_subclass_type,
 )
+
+from trainer.atomic_json import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -296,11 +297,6 @@ def write_results(
         **summary,
         "rows": rows,
     }
-    partial = path.with_name(path.name + ".partial")  # a reader, or a crash, never sees half a table
-    try:
-        partial.write_text(json.dumps(doc, indent=1) + "\n")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_json(path, doc, indent=1)
     print(f"wrote {path}")
     return path

@@ -42,8 +42,8 @@ import torch
 
 from benchmarks.common import add_common_args, machine, print_table, setup, trainer_launch, write_results
 from data_prep.manifest import load_manifest
+from trainer.atomic_json import write_json
 from trainer.dist import DistContext
-from trainer.eval.cli import write_json
 from trainer.eval.encoder import fresh_backbone, load_encoder
 from trainer.eval.features import cached_features, split_images
 from trainer.eval.fit import FitConfig

@@ -1,4 +1,4 @@
-"""benchmarks.common: a results JSON is whole or not there (a write that fails midway keeps the table it was
+"""benchmarks.common: a results JSON (trainer.atomic_json) is whole or not there (a write that fails midway keeps the table it was
 replacing), and the machine block names what tells two machines' timings apart."""
 
 from __future__ import annotations

@@ -10,8 +10,6 @@ remapped to 0..k-1) and adds a confusion matrix. `--shards DIR` evaluates on ano
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import shutil
 import sys
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 
 from data_prep.manifest import load_manifest
+from trainer.atomic_json import write_json
 from trainer.checkpoint import load_probe_head
 from trainer.config import DataConfig, EvalConfig
 from trainer.dist import DistContext, init_distributed, shutdown
@@ -72,15 +71,6 @@ class Session:
         if self.classes is None:
             return command
         return command + "_" + re.sub(r"[^A-Za-z0-9]+", "-", "_".join(self.task_names)).strip("-")[:80]
-
-
-def write_json(path: Path, obj: dict) -> Path:
-    """Write to a temporary name, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def open_session(args: argparse.Namespace) -> Session:
