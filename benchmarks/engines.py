@@ -35,7 +35,7 @@ def worker(job: dict) -> list[dict]:
     import torch
     import torch.distributed as dist
 
-    from trainer.dist import init_distributed
+    from trainer.dist import init_distributed, shutdown
     from trainer.engine import build_engine, make_plan, train_step
     from trainer.methods import METHODS
     from trainer.registry import load_config
@@ -90,7 +90,7 @@ def worker(job: dict) -> list[dict]:
             if ctx.is_main:
                 print(f"  ours      {row}: ok {s['ms_median']} ms", flush=True)
             del engine
-    dist.destroy_process_group()
+    shutdown()
     return rows
 
 

@@ -10,11 +10,15 @@ to out_dir/<variant>_<engine>.pt;
 the FSDP2 engine's checkpoint shards go to out_dir/<variant>_ckpt.
 Then, for each SAVED dir: a fresh FSDP2 engine at this world size loads SAVED/<variant>_ckpt and rank 0
 writes the full weights and optimizer state it sees to out_dir/<variant>_from_<SAVED name>.pt.
+Last, every rank ends as the trainer does (trainer.dist.shutdown) and writes the names of the threads it
+still runs to out_dir/threads_rank<R>.json: the process group's gloo threads must be gone by then.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +30,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimi
 from torch.distributed.fsdp import FSDPModule
 
 from trainer.config import Config, EngineConfig, OptimConfig, TrainConfig
-from trainer.dist import all_gather_with_grad, init_distributed
+from trainer.dist import all_gather_with_grad, init_distributed, shutdown
 from trainer.engine import build_engine, make_plan
 from trainer.loop import seed_everything
 from trainer.methods.base import Method
@@ -163,4 +167,6 @@ if __name__ == "__main__":
         train(target, context)
     for saved_dir in sys.argv[3:]:
         load(target, Path(saved_dir), context)
-    dist.destroy_process_group()
+    shutdown()
+    threads = sorted(Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task"))
+    (target / f"threads_rank{context.global_rank}.json").write_text(json.dumps(threads))

@@ -6,6 +6,7 @@ W=4's (4 -> 2); W=1 loads W=4's (4 -> 1). tests/trainer/fsdp2_worker.py says wha
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -81,6 +82,19 @@ def test_checkpoint_resumes_on_another_world_size(runs, loaded, saved, variant):
     for name, state in original["optimizer"].items():
         for key, value in state.items():
             assert torch.equal(torch.as_tensor(got["optimizer"][name][key]), torch.as_tensor(value)), (name, key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["w2", "w4", "w2_load", "w1_load"])
+def test_shutdown_frees_the_process_group(runs, run):
+    """trainer.dist.shutdown joins gloo's threads: DTensor's caches held the group (through the mesh) past
+    destroy_process_group, and its worker thread, still releasing the last barrier's tensors when Python
+    finalized, was killed taking the GIL: SIGABRT, "terminate called without an active exception"."""
+    files = sorted(runs[run].glob("threads_rank*.json"))
+    assert len(files) == int(run[1])
+    for path in files:
+        threads = json.loads(path.read_text())
+        assert threads and not [t for t in threads if "gloo" in t], (path.name, threads)
 
 
 def test_batchnorm_and_lars_are_refused_naming_the_layer_and_key():
